@@ -1,0 +1,83 @@
+"""Loading a MuseV motion checkpoint into a ModelPatcher (cached by file identity and dtype)."""
+import collections
+import logging
+import os
+import threading
+
+import torch
+
+import comfy.model_patcher
+
+from ..musev_core import keys as K
+from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
+from ..musev_core.motion import MotionCheckpointError, MuseVMotionModel
+from .host import MuseVInputError, host_ops, load_device, offload_device
+
+log = logging.getLogger("comfyui-musev")
+
+_CACHE = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 2
+
+
+class MotionModule(torch.nn.Module):
+    """The nn.Module a motion ModelPatcher holds (ComfyUI reads ``.device``/``get_dtype``)."""
+
+    def __init__(self, motion):
+        super().__init__()
+        self.motion = motion
+        self.device = torch.device("cpu")
+
+    def get_dtype(self):
+        return next(self.motion.parameters()).dtype
+
+
+def read_motion_checkpoint(path, node="LoadMuseVMotion", input_name="motion_model"):
+    """``(state_dict, config or None, weights_path)`` with errors that name the input."""
+    try:
+        weights, config = resolve_weights_path(path, subfolders=("unet",))
+        sd = load_state_dict(weights)
+    except CheckpointError as e:
+        raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
+    return K.strip_common_prefix(sd), config, weights
+
+
+def heads_from(config, unet):
+    if config and "attention_head_dim" in config:
+        heads = config["attention_head_dim"]
+        return int(heads) if isinstance(heads, (int, float)) else [int(h) for h in heads]
+    return int(unet.num_heads)
+
+
+def load_motion_patcher(path, unet, weight_dtype, compute_dtype, node="LoadMuseVMotion", input_name="motion_model"):
+    """A ModelPatcher holding the MuseV motion model for ``path``, built in the base model's dtype."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, str(weight_dtype), str(compute_dtype))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    sd, config, weights_path = read_motion_checkpoint(path, node, input_name)
+    layers = int((config or {}).get("layers_per_block", 2))
+    try:
+        motion = MuseVMotionModel.from_state_dict(
+            sd, heads=heads_from(config, unet), layers=layers,
+            ops=host_ops(weight_dtype, compute_dtype, load_device()), dtype=weight_dtype, device="cpu")
+    except (MotionCheckpointError, K.CheckpointKindError) as e:
+        raise MuseVInputError(f"{node}: '{input_name}' ({os.path.basename(weights_path)}): {e}") from None
+    motion.eval().requires_grad_(False)
+    report = motion.coverage_report(sd)
+    log.info("MuseV motion %s: variant %s, %d motion keys loaded, %d 2D keys ignored (the base model supplies them)",
+             os.path.basename(weights_path), motion.variant, report["motion"], report["ignored_2d"])
+    if report["ignored_face"]:
+        log.warning("MuseV motion %s: %d IP-Adapter-FaceID keys ignored (FaceID is not supported)",
+                    os.path.basename(weights_path), report["ignored_face"])
+    patcher = comfy.model_patcher.ModelPatcher(MotionModule(motion), load_device=load_device(),
+                                               offload_device=offload_device())
+    patcher.musev_report = report
+    with _CACHE_LOCK:
+        _CACHE[key] = patcher
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return patcher

@@ -1,0 +1,421 @@
+"""MuseV installed into a ComfyUI MODEL (DESIGN.md §2).
+
+Everything lives on a ``model.clone()``:
+* structural modules (temporal convs/transformers, ``transformer_in``, 13 ReferenceNet fusions)
+  are *injected* into the UNet's ``TimestepEmbedSequential`` blocks as parameter-free stand-ins
+  (``set_injections``), run by one ``forward_timestep_embed_patch`` handler; their weights live in
+  their own ModelPatcher (``set_additional_models``) so ComfyUI loads and offloads them;
+* ReferenceOnly attn1 = ``attn1_patch``; IP-Adapter = 16 ``attn2`` replace patches;
+* zero timestep embedding of vision frames = ``emb_patch``;
+* a DIFFUSION_MODEL wrapper builds the per-call layout, frame embedding and reference inputs;
+* an OUTER_SAMPLE wrapper holds per-run caches and ejects the modules afterwards, so the shared
+  ``nn.Module`` of the base MODEL is exactly as before after success, error or interrupt.
+"""
+import dataclasses
+import logging
+import weakref
+
+import torch
+
+import comfy.patcher_extension as pe
+from comfy.patcher_extension import PatcherInjection, WrappersMP
+
+from ..musev_core import keys as K
+from ..musev_core.layout import COND, UNCOND, CallLayout
+from ..musev_core.motion import CallContext
+from .host import MuseVInputError, block_channels, host_attention, is_resblock, is_spatial_transformer
+
+log = logging.getLogger("comfyui-musev")
+
+STATE_KEY = "musev"            # model_options["transformer_options"][STATE_KEY] -> MuseVState
+CALL_KEY = "musev_call"        # per UNet call CallContext
+RUN_KEY = "musev_run"          # per sampling run cache (MuseVRun)
+WINDOW_KEY = "musev_window"    # per window layout announced by whoever prepends vision frames
+ROLE_COND_KEY = "musev_role"   # optional model-cond tagging each chunk's guidance role
+
+
+class MuseVRuntimeError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class MuseVState:
+    """Immutable description of the MuseV patch on one MODEL clone (copy-on-write via replace)."""
+    motion_patcher: object            # ModelPatcher around musev_core.motion.MuseVMotionModel
+    source: str = ""
+    frame_rate: float = 8.0
+    temporal: bool = True
+    ip: object = None                 # provider: .resolve(run, device, dtype) -> {"tokens": {role: t}, "scale": s}
+    reference: object = None          # provider: .resolve(run, device, dtype, ip) -> {role: [13 features]}
+
+    @property
+    def motion(self):
+        return self.motion_patcher.model.motion
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    def __deepcopy__(self, memo):     # ModelPatcher.clone deep-copies model_options
+        return self
+
+
+class MuseVRun:
+    """Per sampling-run cache (ReferenceNet features, IP tokens...)."""
+
+    def __init__(self):
+        self.cache = {}
+        self.counters = {}
+
+    def count(self, name):
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def get_state(model, node="", input_name="model", required=True):
+    state = model.model_options.get("transformer_options", {}).get(STATE_KEY)
+    if state is None and required:
+        raise MuseVInputError(
+            f"{node}: the '{input_name}' input has no MuseV motion model: connect LoadMuseVMotion first")
+    return state
+
+
+def set_state(model, state):
+    model.model_options.setdefault("transformer_options", {})[STATE_KEY] = state
+
+
+# ------------------------------------------------------------------------------------------------
+# Injection
+
+class MuseVInjected(torch.nn.Module):
+    """Parameter-free stand-in inside a UNet block; the real module is held, not registered, so the
+    UNet's parameters and state dict never include MuseV weights."""
+
+    def __init__(self, module):
+        super().__init__()
+        object.__setattr__(self, "musev_module", module)
+        self._warned = False
+
+    def forward(self, x, *args, **kwargs):
+        # Only reached if a UNet runs without the MuseV handler (should never happen: modules are
+        # ejected after each run).  Behave as the original UNet.
+        if not self._warned:
+            log.warning("MuseV layer reached outside a MuseV model; passing through (%s)", self.musev_module.musev_key)
+            self._warned = True
+        return x
+
+    def extra_repr(self):
+        return f"{self.musev_module.musev_key} ({self.musev_module.musev_kind})"
+
+
+def _block(unet, where):
+    kind, idx = where
+    if kind == "input":
+        return unet.input_blocks[idx]
+    if kind == "middle":
+        return unet.middle_block
+    return unet.output_blocks[idx]
+
+
+def _rebuild(block, children):
+    block._modules.clear()
+    for i, child in enumerate(children):
+        block._modules[str(i)] = child
+
+
+def inject_into(unet, motion):
+    """Insert stand-ins for every placed MuseV module (MuseV's order inside each block)."""
+    eject_from(unet)   # stale stand-ins (a previous patcher that never ejected) are dropped
+    by_block = {}
+    for place, module in motion.injected_modules():
+        by_block.setdefault(place.block, []).append((place, module))
+    for where, items in by_block.items():
+        block = _block(unet, where)
+        out = []
+        n_res = n_st = 0
+        for child in list(block):
+            out.append(child)
+            if is_resblock(child):
+                out += [MuseVInjected(m) for p, m in items if p.anchor == ("after_res", n_res)]
+                n_res += 1
+            elif is_spatial_transformer(child):
+                out += [MuseVInjected(m) for p, m in items if p.anchor == ("after_st", n_st)]
+                n_st += 1
+        order = {"temp_attn": 0, "refer_fuse": 1}
+        out += [MuseVInjected(m) for p, m in sorted((it for it in items if it[0].anchor == ("end",)),
+                                                     key=lambda it: order.get(it[0].kind, 2))]
+        placed = sum(isinstance(c, MuseVInjected) for c in out)
+        if placed != len(items):
+            raise MuseVRuntimeError(f"MuseV: could not place {len(items) - placed} module(s) in block {where}")
+        _rebuild(block, out)
+
+
+def eject_from(unet):
+    for blocks in (unet.input_blocks, [unet.middle_block], unet.output_blocks):
+        for block in blocks:
+            if any(isinstance(c, MuseVInjected) for c in block):
+                _rebuild(block, [c for c in block if not isinstance(c, MuseVInjected)])
+
+
+def count_injected(unet):
+    return sum(isinstance(m, MuseVInjected) for m in unet.modules())
+
+
+def _make_injection(motion):
+    def inject(patcher):
+        inject_into(patcher.model.diffusion_model, motion)
+
+    def eject(patcher):
+        eject_from(patcher.model.diffusion_model)
+
+    return PatcherInjection(inject=inject, eject=eject)
+
+
+# ------------------------------------------------------------------------------------------------
+# Patches (module-level functions: deep-copied atomically by ModelPatcher.clone)
+
+def forward_timestep_embed_handler(layer, x, emb, context, transformer_options, *args, **kwargs):
+    call = transformer_options.get(CALL_KEY)
+    if call is None:
+        raise MuseVRuntimeError("MuseV layers ran without the MuseV call context (DIFFUSION_MODEL wrapper missing)")
+    return call.run_injected(layer.musev_module, x)
+
+
+def emb_patch(emb, model_channels, transformer_options):
+    call = transformer_options.get(CALL_KEY)
+    return emb if call is None else call.zero_vision_time_embedding(emb)
+
+
+def attn1_patch(n, context_attn1, value_attn1, extra_options):
+    call = extra_options.get(CALL_KEY)
+    if call is None or not call.layout.uses_vision:
+        return n, context_attn1, value_attn1
+    extended = call.reference_only_context(n)
+    if context_attn1 is not n:   # another patch already changed K/V: append the vision tokens to it
+        extended = torch.cat([context_attn1, extended[:, n.shape[1]:]], dim=1)
+    return n, extended, extended
+
+
+class IPAttn2:
+    """attn2 replace: text attention + ip_scale · attention to the IP tokens (decoupled)."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    def __call__(self, q, k, v, extra_options):
+        call = extra_options.get(CALL_KEY)
+        heads = extra_options["n_heads"]
+        if call is None:
+            return host_attention(q, k, v, heads)
+        return call.ip_attention(self.prefix, q, k, v, heads)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# Wrappers
+
+def _chunk_roles(rows, transformer_options, kwargs):
+    roles = kwargs.get(ROLE_COND_KEY)
+    cou = transformer_options.get("cond_or_uncond")
+    k = len(cou) if cou else 1
+    if isinstance(roles, torch.Tensor) and roles.shape[0] == rows:
+        per_row = roles.reshape(rows, -1)[:, 0].round().long().tolist()
+        return [per_row[(rows // k) * j] for j in range(k)]
+    if cou:
+        return [COND if c == 0 else UNCOND for c in cou]
+    return [COND]
+
+
+def build_layout(x, transformer_options, kwargs):
+    rows = x.shape[0]
+    roles = _chunk_roles(rows, transformer_options, kwargs)
+    window = transformer_options.get(WINDOW_KEY) or {}
+    segments = window.get("segments")
+    if segments is None:
+        n_vis = int(window.get("n_vis", 0))
+        segments = [(n_vis, rows // max(1, len(roles)))]
+    return CallLayout.build(rows, roles, segments)
+
+
+def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    state = transformer_options.get(STATE_KEY)
+    if state is None:
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    layout = build_layout(x, transformer_options, kwargs)
+    window = transformer_options.get(WINDOW_KEY) or {}
+    vis_latents = window.get("vision_latents")
+    if vis_latents is not None and layout.n_vis > 0:
+        # Exact clean latents in the vision rows (the caller pre-scaled them by sqrt(sigma^2+1)).
+        x = x.clone()
+        for seg in layout.segments:
+            x[seg.start:seg.start + seg.n_vis] = vis_latents.to(device=x.device, dtype=x.dtype)
+    run = transformer_options.get(RUN_KEY)
+    ip = refer = None
+    if state.ip is not None:
+        ip = state.ip.resolve(run, x.device, x.dtype, transformer_options)
+    if state.reference is not None:
+        refer = state.reference.resolve(run, x.device, x.dtype, transformer_options, ip)
+    call = CallContext(
+        motion=state.motion,
+        layout=layout,
+        frame_rate=float(transformer_options.get("musev_frame_rate", state.frame_rate)),
+        temporal=bool(transformer_options.get("musev_temporal", state.temporal)),
+        refer=refer,
+        ip_tokens=ip["tokens"] if ip else None,
+        ip_scale=float(ip["scale"]) if ip else 0.0,
+        attn_fn=host_attention,
+    )
+    transformer_options[CALL_KEY] = call
+    norms = _spatial_outer_norms(executor.class_obj)
+    saved = [n.eps for n in norms]
+    for n in norms:
+        n.eps = 0.0
+    try:
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    finally:
+        for n, e in zip(norms, saved):
+            n.eps = e
+        transformer_options.pop(CALL_KEY, None)
+
+
+_NORMS = weakref.WeakKeyDictionary()
+
+
+def _spatial_outer_norms(unet):
+    """norm1/norm3 of the spatial transformer blocks: MuseV runs them with eps 0 (a positional-
+    argument slip in its BasicTransformerBlock, spec §2.5); worth 1e-5 at the output, so MuseV
+    calls use eps 0 and restore ComfyUI's 1e-5 right after."""
+    norms = _NORMS.get(unet)
+    if norms is None:
+        norms = []
+        for m in unet.modules():
+            if is_spatial_transformer(m):
+                for tb in m.transformer_blocks:
+                    norms += [tb.norm1, tb.norm3]
+        _NORMS[unet] = norms
+    return norms
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    to = guider.model_options.setdefault("transformer_options", {})
+    had_run = RUN_KEY in to
+    if not had_run:
+        to[RUN_KEY] = MuseVRun()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        if not had_run:
+            to.pop(RUN_KEY, None)
+        # The injected stand-ins sit in the nn.Module shared with the base MODEL: take them out now
+        # (the next load of this clone puts them back), so the base is untouched after any exit.
+        guider.model_patcher.eject_model()
+
+
+# ------------------------------------------------------------------------------------------------
+# Installation
+
+def check_fits(unet, motion, node="LoadMuseVMotion"):
+    """Every MuseV module must match the channels of the host UNet where it goes."""
+    for place, module in motion.injected_modules():
+        where = place.block
+        try:
+            block = _block(unet, where)
+        except IndexError:
+            raise MuseVInputError(f"{node}: the motion checkpoint needs UNet block {where}, which this base model lacks")
+        host_ch = block_channels(block)
+        ours = getattr(module, "channels", None) or module.to_q.in_features
+        if host_ch != ours:
+            raise MuseVInputError(
+                f"{node}: the motion checkpoint does not fit the base model: {place.key} has {ours} channels "
+                f"but the base UNet has {host_ch} at {where[0]} block {where[1]}. Use an SD1.5 base checkpoint "
+                "with the released MuseV motion file (both must be SD1.5-sized)")
+    if motion.femb_dim is not None and motion.femb_dim != unet.time_embed[0].out_features:
+        raise MuseVInputError(
+            f"{node}: the motion checkpoint's frame embedding is {motion.femb_dim}-d but the base model's time "
+            f"embedding is {unet.time_embed[0].out_features}-d: not an SD1.5 pairing")
+    for prefix in motion.ip_prefixes:
+        key = K.ip_attn2_key(prefix, motion.layers)
+        block = _block(unet, key[:2])
+        sts = [c for c in block if is_spatial_transformer(c)]
+        if not sts:
+            raise MuseVInputError(f"{node}: the motion checkpoint has IP-Adapter layers at {prefix} but the base UNet has no attention there")
+        attn2 = sts[0].transformer_blocks[key[2]].attn2
+        mod = motion.module_at(prefix)
+        if mod.to_k_ip.out_features != attn2.to_k.out_features:
+            raise MuseVInputError(f"{node}: IP-Adapter layer {prefix} has {mod.to_k_ip.out_features} channels, the base UNet {attn2.to_k.out_features}")
+
+
+def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, node="LoadMuseVMotion"):
+    """Return a clone of ``model`` with MuseV installed."""
+    from .host import sd15_unet
+    unet = sd15_unet(model, node)
+    if get_state(model, required=False) is not None:
+        raise MuseVInputError(
+            f"{node}: the 'model' input already carries a MuseV motion model; connect the plain base MODEL")
+    if any(k != STATE_KEY and k.startswith("ADE") for k in model.additional_models) or "ADE" in model.injections:
+        raise MuseVInputError(f"{node}: the MODEL already has an AnimateDiff motion model: MuseV and AnimateDiff "
+                              "cannot be stacked; use the plain base MODEL")
+    motion = motion_patcher.model.motion
+    check_fits(unet, motion, node)
+    m = model.clone()
+    m.set_additional_models(STATE_KEY, [motion_patcher])
+    m.set_injections(STATE_KEY, [_make_injection(motion)])
+    m.set_model_forward_timestep_embed_patch((MuseVInjected, forward_timestep_embed_handler))
+    if motion.flags.keep_vision_condition:
+        m.set_model_emb_patch(emb_patch)
+    m.set_model_attn1_patch(attn1_patch)
+    replaced = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for prefix in motion.ip_prefixes:
+        key = K.ip_attn2_key(prefix, motion.layers)
+        if key in replaced or key[:2] in replaced:
+            raise MuseVInputError(f"{node}: another node (IPAdapter?) already replaced attn2 at {key}; "
+                                  "MuseV brings its own IP-Adapter: remove the other one or apply it after MuseV")
+        m.set_model_attn2_replace(IPAttn2(prefix), key[0], key[1], key[2])
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, STATE_KEY, diffusion_model_wrapper)
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, STATE_KEY, outer_sample_wrapper)
+    set_state(m, MuseVState(motion_patcher=motion_patcher, source=source, frame_rate=float(frame_rate),
+                            temporal=bool(temporal)))
+    return m
+
+
+def unet_transformer_options(patcher, extra=None):
+    """transformer_options as a sampler would pass them to the UNet (patches, wrappers, state) —
+    for calling the patched UNet directly (tests, benchmarks)."""
+    to = pe.copy_nested_dicts(patcher.model_options.get("transformer_options", {}))
+    to["wrappers"] = pe.copy_nested_dicts(patcher.wrappers)
+    to.update(extra or {})
+    return to
+
+
+# ------------------------------------------------------------------------------------------------
+# Precomputed reference inputs (tests, benchmarks, or features computed elsewhere)
+
+class StaticIP:
+    """IP tokens given as tensors: ``{role: (1, n_tok, C)}``."""
+
+    def __init__(self, tokens, scale=1.0):
+        self.tokens = tokens
+        self.scale = float(scale)
+
+    def resolve(self, run, device, dtype, transformer_options):
+        return {"tokens": {r: t.to(device=device, dtype=dtype) for r, t in self.tokens.items()}, "scale": self.scale}
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class StaticReference:
+    """ReferenceNet features given as tensors: ``{role: [13 features (1, C, n_ref, h, w)]}``."""
+
+    def __init__(self, features):
+        self.features = features
+
+    def resolve(self, run, device, dtype, transformer_options, ip):
+        return {r: [f.to(device=device, dtype=dtype) for f in feats] for r, feats in self.features.items()}
+
+    def __deepcopy__(self, memo):
+        return self

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Prepare a ComfyUI host + this pack's dependencies (idempotent; a re-run takes about a second).
+# Source it:  source scripts/setup_env.sh   -> exports COMFYUI_PATH, COMFYUI_PYTHON, MUSEV_PY
+#
+#  * ComfyUI: $COMFYUI_PATH if it holds a ComfyUI tree, else the pack's enclosing ComfyUI tree
+#    (custom_nodes/<pack>), else the offline snapshot via ../shared/tools/comfyui-env.sh.
+#  * Python: a venv in .venv (MUSEV_VENV overrides) with ComfyUI's requirements, ours and the
+#    test tools (pytest, playwright as a driver for the system Chromium).
+#  * Chromium: Debian's `chromium` package (installed with apt-get when missing and we are root).
+_musev_setup() {
+  local pack venv tools stamp want
+  pack="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  venv="${MUSEV_VENV:-$pack/.venv}"
+  tools="$pack/../shared/tools/comfyui-env.sh"
+  if [ -z "${COMFYUI_PATH:-}" ] && [ -f "$pack/../../nodes.py" ] && [ "$(basename "$(dirname "$pack")")" = custom_nodes ]; then
+    export COMFYUI_PATH="$(cd "$pack/../.." && pwd)"
+  fi
+  if [ -f "$tools" ]; then
+    # shellcheck disable=SC1090
+    source "$tools" --venv "$venv" || return 1
+  elif [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/nodes.py" ]; then
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || return 1
+    "$venv/bin/python" -m pip install -q -r "$COMFYUI_PATH/requirements.txt" || return 1
+    export COMFYUI_PYTHON="$venv/bin/python"
+  else
+    echo "setup_env: no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout (or place shared/ beside this checkout)" >&2
+    return 1
+  fi
+  export MUSEV_PY="$COMFYUI_PYTHON"
+  stamp="$venv/.musev-deps"
+  want="$(cat "$pack/requirements.txt" "$pack/tests/requirements.txt" | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[musev] installing pack + test requirements" >&2
+    "$MUSEV_PY" -m pip install -q -r "$pack/requirements.txt" -r "$pack/tests/requirements.txt" >&2 || return 1
+    echo "$want" > "$stamp"
+  fi
+  if ! command -v chromium >/dev/null 2>&1 && [ "${MUSEV_NO_BROWSER:-0}" != 1 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "[musev] installing Debian chromium for the frontend tests" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "[musev] could not install chromium: browser tests will skip" >&2
+    else
+      echo "[musev] chromium not found (install Debian's 'chromium'): browser tests will skip" >&2
+    fi
+  fi
+  return 0
+}
+_musev_setup

@@ -1,0 +1,152 @@
+"""Shared fixtures for the two test tiers.
+
+Tier 1 (core): pure torch, imports only ``musev_core``; always runs.
+Tier 2 (host): a real ComfyUI imported from ``COMFYUI_PATH`` or from the ComfyUI tree the pack
+sits in (``custom_nodes/<pack>``).  Without one, host tests skip with one loud line, unless
+``MUSEV_REQUIRE_HOST=1`` (set by CI), where a missing host is a failure.
+
+The pack is never put on ``sys.path`` (its ``nodes`` package would hide ComfyUI's ``nodes.py``):
+it is imported under the module name ComfyUI itself gives it, so core tests and host tests share
+one copy of every module.
+"""
+import asyncio
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+
+import pytest
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# nodes.load_custom_node names a directory pack after its path with "." replaced.
+PACK_MODULE = PACK_DIR.replace(".", "_x_")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ARTIFACTS_DIR = os.path.join(PACK_DIR, "test-artifacts")
+
+_HOST_SKIP_NOTE = []
+
+
+def _require_host():
+    return os.environ.get("MUSEV_REQUIRE_HOST", "") not in ("", "0", "false", "no")
+
+
+def find_comfyui_path():
+    """COMFYUI_PATH if it holds a ComfyUI tree, else the tree the pack is installed in."""
+    cand = os.environ.get("COMFYUI_PATH", "")
+    if cand and os.path.isfile(os.path.join(cand, "nodes.py")):
+        return os.path.abspath(cand)
+    parent = os.path.dirname(PACK_DIR)
+    if os.path.basename(parent) == "custom_nodes":
+        tree = os.path.dirname(parent)
+        if os.path.isfile(os.path.join(tree, "nodes.py")) and os.path.isdir(os.path.join(tree, "comfy")):
+            return tree
+    return None
+
+
+def _bare_pack_package():
+    """Register the pack as a package without running its __init__ (which needs ComfyUI)."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(
+        PACK_MODULE, os.path.join(PACK_DIR, "__init__.py"), submodule_search_locations=[PACK_DIR])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    return module
+
+
+def pack_module(name):
+    """Import ``<pack>.<name>`` (e.g. ``musev_core.windows``) as the pack's own module."""
+    _bare_pack_package()
+    return importlib.import_module(f"{PACK_MODULE}.{name}")
+
+
+@pytest.fixture(scope="session")
+def core():
+    """The pack's ``musev_core`` package (pure torch)."""
+    return pack_module("musev_core")
+
+
+def parity_root():
+    return os.environ.get("MUSEV_PARITY_FIXTURES") or os.path.join(
+        os.path.dirname(PACK_DIR), "shared", "fixtures", "musev_parity")
+
+
+@pytest.fixture(scope="session")
+def parity_dir():
+    """The parity fixture folder; a missing folder is a failure, never a skip."""
+    root = parity_root()
+    if not os.path.isfile(os.path.join(root, "manifest.json")):
+        pytest.fail(f"parity fixtures not found at {root!r}: set MUSEV_PARITY_FIXTURES to a fixture "
+                    "folder (one with manifest.json) or place shared/ beside the checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy_host():
+    """Import the real ComfyUI once per session, configured for CPU and a temp base directory."""
+    path = find_comfyui_path()
+    if path is None:
+        msg = ("ComfyUI host tests SKIPPED: no ComfyUI tree (set COMFYUI_PATH, or install the pack in "
+               "ComfyUI/custom_nodes/); run `bash scripts/test.sh` to get one")
+        if _require_host():
+            pytest.fail(msg.replace("SKIPPED", "REQUIRED (MUSEV_REQUIRE_HOST=1) but missing"))
+        _HOST_SKIP_NOTE.append(msg)
+        pytest.skip(msg)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from comfy.cli_args import args
+    args.cpu = True
+    args.base_directory = tempfile.mkdtemp(prefix="musev-comfy-")
+    args.disable_all_custom_nodes = False
+    import utils  # noqa: F401  (before nodes: nodes.py puts comfy/ first on sys.path)
+    import folder_paths  # noqa: F401
+    import nodes
+    import execution  # noqa: F401
+    import server
+    import comfy.sd  # noqa: F401
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    srv = server.PromptServer(loop)
+    loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    # Load the pack exactly as ComfyUI does.  If core tests already registered a bare package
+    # under the same name, drop it so that __init__ really runs (submodules are shared).
+    bare = sys.modules.get(PACK_MODULE)
+    if bare is not None and not hasattr(bare, "NODE_CLASS_MAPPINGS"):
+        del sys.modules[PACK_MODULE]
+    ok = loop.run_until_complete(nodes.load_custom_node(PACK_DIR))
+    assert ok, "the pack failed to import into ComfyUI (see the logged traceback)"
+    return HostHandle(path, srv, loop)
+
+
+class HostHandle:
+    def __init__(self, path, server, loop):
+        self.path = path
+        self.server = server
+        self.loop = loop
+
+    def pack(self, name=""):
+        mod = sys.modules[PACK_MODULE]
+        return importlib.import_module(f"{PACK_MODULE}.{name}") if name else mod
+
+    def run_prompt(self, prompt, prompt_id="test", expect_success=True):
+        """Validate and execute an API-format prompt with ComfyUI's own executor."""
+        import execution
+        ok, err, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not ok:
+            if expect_success:
+                raise AssertionError(f"prompt invalid: {err} {node_errors}")
+            return None, {"validation": (err, node_errors)}
+        ex = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        ex.execute(prompt, prompt_id, {}, outputs)
+        if expect_success:
+            assert ex.success, ex.status_messages
+        return ex.history_result.get("outputs", {}) if ex.success else None, ex
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _HOST_SKIP_NOTE:
+        terminalreporter.write_line("!" * 100, red=True)
+        terminalreporter.write_line(_HOST_SKIP_NOTE[0], red=True, bold=True)
+        terminalreporter.write_line("!" * 100, red=True)
+
