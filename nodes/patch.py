@@ -13,6 +13,7 @@ Everything lives on a ``model.clone()``:
 """
 import dataclasses
 import logging
+import math
 import weakref
 
 import torch
@@ -32,6 +33,7 @@ CALL_KEY = "musev_call"        # per UNet call CallContext
 RUN_KEY = "musev_run"          # per sampling run cache (MuseVRun)
 WINDOW_KEY = "musev_window"    # per window layout announced by whoever prepends vision frames
 ROLE_COND_KEY = "musev_role"   # optional model-cond tagging each chunk's guidance role
+INPUT_KEY = "musev_input"      # while providers resolve: {"x_shape", "context", "layout"} of this UNet call
 
 
 class MuseVRuntimeError(RuntimeError):
@@ -45,8 +47,10 @@ class MuseVState:
     source: str = ""
     frame_rate: float = 8.0
     temporal: bool = True
-    ip: object = None                 # provider: .resolve(run, device, dtype) -> {"tokens": {role: t}, "scale": s}
-    reference: object = None          # provider: .resolve(run, device, dtype, ip) -> {role: [13 features]}
+    ip: object = None                 # provider: .resolve(run, device, dtype, to) -> {"tokens": {role: t}, "scale": s}
+    reference: object = None          # provider: .resolve(run, device, dtype, to, ip) -> {role: [13 features]}
+    vision: object = None             # raw (VAE-space) LATENT samples of the condition frame(s), (n_vis, C, h, w)
+    noise: object = None              # NoiseSettings: replace the sampler's noise with MuseV's video noise
 
     @property
     def motion(self):
@@ -59,12 +63,22 @@ class MuseVState:
         return self
 
 
+@dataclasses.dataclass(frozen=True)
+class NoiseSettings:
+    kind: str = "video_fusion"        # "video_fusion" | "random"
+    w_ind_noise: float = 0.5
+    img_weight: float = 1e-3
+    diffusers_init: bool = True       # initial latent = noise * sigma_max as diffusers (ComfyUI: sqrt(1+sigma^2))
+
+
 class MuseVRun:
-    """Per sampling-run cache (ReferenceNet features, IP tokens...)."""
+    """Per sampling-run state: caches (ReferenceNet features, IP tokens...), the vision latents in
+    model space, counters."""
 
     def __init__(self):
         self.cache = {}
         self.counters = {}
+        self.vision = None
 
     def count(self, name):
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -254,10 +268,16 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             x[seg.start:seg.start + seg.n_vis] = vis_latents.to(device=x.device, dtype=x.dtype)
     run = transformer_options.get(RUN_KEY)
     ip = refer = None
-    if state.ip is not None:
-        ip = state.ip.resolve(run, x.device, x.dtype, transformer_options)
-    if state.reference is not None:
-        refer = state.reference.resolve(run, x.device, x.dtype, transformer_options, ip)
+    # What providers may read about this call: the latent size (reference images are prepared at the
+    # video's size) and the per-row text context with its layout (the ReferenceNet's context without IP).
+    transformer_options[INPUT_KEY] = {"x_shape": tuple(x.shape), "context": context, "layout": layout}
+    try:
+        if state.ip is not None:
+            ip = state.ip.resolve(run, x.device, x.dtype, transformer_options)
+        if state.reference is not None:
+            refer = state.reference.resolve(run, x.device, x.dtype, transformer_options, ip)
+    finally:
+        transformer_options.pop(INPUT_KEY, None)
     call = CallContext(
         motion=state.motion,
         layout=layout,
@@ -299,20 +319,57 @@ def _spatial_outer_norms(unet):
     return norms
 
 
-def outer_sample_wrapper(executor, *args, **kwargs):
+def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
     guider = executor.class_obj
     to = guider.model_options.setdefault("transformer_options", {})
-    had_run = RUN_KEY in to
-    if not had_run:
-        to[RUN_KEY] = MuseVRun()
+    state = to.get(STATE_KEY)
+    previous = to.get(RUN_KEY)
+    run = to[RUN_KEY] = MuseVRun()
     try:
-        return executor(*args, **kwargs)
+        if state is not None and state.vision is not None:
+            run.vision = prepare_vision(guider.model_patcher, state.vision, noise)
+        if state is not None and state.noise is not None and bool(torch.count_nonzero(noise)):
+            seed = args[3] if len(args) > 3 else kwargs.get("seed")
+            noise = video_noise_for(guider.model_patcher, state.noise, noise, sigmas, seed, run.vision)
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     finally:
-        if not had_run:
+        if previous is None:
             to.pop(RUN_KEY, None)
+        else:
+            to[RUN_KEY] = previous
         # The injected stand-ins sit in the nn.Module shared with the base MODEL: take them out now
         # (the next load of this clone puts them back), so the base is untouched after any exit.
         guider.model_patcher.eject_model()
+
+
+def prepare_vision(patcher, raw, noise):
+    """Condition latents in model space (``process_latent_in``), checked against the video latent."""
+    vis = raw.float()
+    if vis.ndim != 4:
+        raise MuseVInputError(f"vision condition latent must be (frames, channels, h, w), got {tuple(vis.shape)}")
+    if tuple(vis.shape[1:]) != tuple(noise.shape[1:]):
+        raise MuseVInputError(
+            f"vision condition latent is {tuple(vis.shape[1:])} (channels, h, w) but the video latent is "
+            f"{tuple(noise.shape[1:])}: encode the condition image at the video's width/height")
+    return patcher.model.process_latent_in(vis)
+
+
+def video_noise_for(patcher, settings, noise, sigmas, seed, vision):
+    """MuseV's initial noise (video_fusion or random, image-based mix), replacing the sampler's."""
+    from ..musev_core import noise as N
+    n, c, h, w = noise.shape
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed or 0))
+    out = N.video_noise(settings.kind, n, c, h, w, generator=gen, w_ind_noise=settings.w_ind_noise)
+    if vision is not None and settings.img_weight > 0:
+        out = N.image_based_mix(out, vision.to(out.dtype), settings.img_weight)
+    if settings.diffusers_init:
+        ms = patcher.model.model_sampling
+        s0 = float(sigmas[0])
+        if math.isclose(float(ms.sigma_max), s0, rel_tol=1e-5) or s0 > float(ms.sigma_max):
+            # ComfyUI scales max-denoise noise by sqrt(1+sigma^2); diffusers' Euler by sigma_max.
+            out = out * (s0 / math.sqrt(1.0 + s0 * s0))
+    return out.to(device=noise.device, dtype=noise.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

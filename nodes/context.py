@@ -1,0 +1,245 @@
+"""Visual-condition parallel denoising inside ComfyUI's sampling (spec §5.5-5.6, DESIGN.md §2).
+
+* ``MuseVContextHandler`` (``model_options["context_handler"]``): splits the frames into MuseV's
+  fixed windows, runs ``calc_cond_batch`` on groups of ``context_batch_size`` windows and averages
+  the overlapping predictions with equal weight (MuseV's plain mean).  Averaging ComfyUI's
+  "denoised" outputs equals averaging ε for a shared σ, and CFG is applied afterwards, exactly as
+  MuseV does.
+* ``calc_cond_batch_wrapper`` (CALC_COND_BATCH): for every window of the call, prepends the clean
+  vision-condition latent(s) pre-multiplied by sqrt(σ²+1) so that after the model's input scaling
+  they are the clean latent for the UNet *and* any ControlNet, swaps ControlNet hints to
+  ``[vision-frame hint(s); the window's hints]``, announces the segments to the UNet patch and
+  strips the vision rows from the outputs.  It runs with or without windows, under any sampler.
+"""
+import logging
+
+import torch
+
+import comfy.model_management
+from comfy.context_windows import ContextHandlerABC, IndexListContextWindow
+
+from ..musev_core import windows as W
+from .host import MuseVInputError
+from .patch import RUN_KEY, WINDOW_KEY
+
+log = logging.getLogger("comfyui-musev")
+
+PROGRESS_KEY = "musev_progress"   # optional callable(n) in transformer_options: advanced once per window group
+
+
+class MuseVContextHandler(ContextHandlerABC):
+    def __init__(self, schedule="uniform_v2", context_frames=12, context_overlap=4, context_batch_size=1,
+                 context_stride=1):
+        super().__init__()
+        self.schedule = schedule
+        self.context_frames = int(context_frames)
+        self.context_overlap = int(context_overlap)
+        self.context_batch_size = int(context_batch_size)
+        self.context_stride = int(context_stride)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def windows(self, n_frames):
+        return W.get_windows(self.schedule, n_frames, self.context_frames, self.context_overlap, self.context_stride)
+
+    def groups(self, n_frames):
+        return W.batch_windows(self.windows(n_frames), self.context_batch_size)
+
+    # ContextHandlerABC ------------------------------------------------------------------------
+    def should_use_context(self, model, conds, x_in, timestep, model_options):
+        # Always: one code path for every length (a single window when frames <= context_frames);
+        # batching several windows per call also needs the handler.
+        return True
+
+    def get_resized_cond(self, cond_in, x_in, window, device=None):
+        """Per-frame tensors (first dim = frames) are sliced to the window group; the rest as is.
+        ControlNet hints are sliced by the CALC_COND_BATCH wrapper, not here."""
+        if cond_in is None:
+            return None
+        n = x_in.shape[0]
+        idx = window.index_list
+        out = []
+        for cond in cond_in:
+            new = cond.copy()
+            for key, value in cond.items():
+                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n and n > 1:
+                    new[key] = value[idx]
+                elif key == "model_conds" and isinstance(value, dict):
+                    mc = dict(value)
+                    for mk, mv in value.items():
+                        c = getattr(mv, "cond", None)
+                        if isinstance(c, torch.Tensor) and c.ndim > 0 and c.shape[0] == n and n > 1 and hasattr(mv, "_copy_with"):
+                            mc[mk] = mv._copy_with(c[idx])
+                    new[key] = mc
+            out.append(new)
+        return out
+
+    def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):
+        n = x_in.shape[0]
+        groups = self.groups(n)
+        outs = [torch.zeros_like(x_in) for _ in conds]
+        counts = torch.zeros(n, device=x_in.device, dtype=x_in.dtype)
+        to = model_options.get("transformer_options", {})
+        progress = to.get(PROGRESS_KEY)
+        for group in groups:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            flat = [f for w in group for f in w]
+            window = IndexListContextWindow(flat, dim=0)
+            sub_options = model_options.copy()
+            sub_to = dict(to)
+            sub_to["context_window"] = window
+            sub_to[WINDOW_KEY] = {"windows": group, "n_frames": n}
+            sub_options["transformer_options"] = sub_to
+            sub_conds = [self.get_resized_cond(c, x_in, window) for c in conds]
+            results = calc_cond_batch(model, sub_conds, x_in[flat], timestep[flat] if timestep.shape[0] == n else timestep,
+                                      sub_options)
+            offset = 0
+            for w in group:
+                rows = slice(offset, offset + len(w))
+                for out, res in zip(outs, results):
+                    out[w] += res[rows]
+                counts[w] += 1
+                offset += len(w)
+            if progress is not None:
+                progress(1)
+        if bool((counts == 0).any()):
+            raise RuntimeError(f"MuseV windows left frames uncovered: {torch.nonzero(counts == 0).flatten().tolist()}")
+        shape = (n,) + (1,) * (x_in.ndim - 1)
+        return [o / counts.view(shape) for o in outs]
+
+
+# ------------------------------------------------------------------------------------------------
+# CALC_COND_BATCH: vision frames in front of every window
+
+def _control_chain(conds):
+    seen = {}
+    for cond_list in conds:
+        for c in cond_list or []:
+            control = c.get("control")
+            while control is not None:
+                seen.setdefault(id(control), control)
+                control = getattr(control, "previous_controlnet", None)
+    return list(seen.values())
+
+
+def _hint_rows(total_hints, n_vis, n_frames, windows):
+    """Rows of a ControlNet hint batch for ``[vision hint(s); window hints]`` of every window."""
+    if total_hints == n_vis + n_frames:
+        vis = list(range(n_vis))
+        return [r for w in windows for r in vis + [n_vis + f for f in w]]
+    if total_hints == n_frames:
+        vis = [0] * n_vis
+        return [r for w in windows for r in vis + list(w)]
+    return None
+
+
+def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
+    to = model_options.get("transformer_options", {})
+    run = to.get(RUN_KEY)
+    vis = getattr(run, "vision", None)
+    window = to.get(WINDOW_KEY) or {}
+    windows = window.get("windows") or [list(range(x_in.shape[0]))]
+    n_frames = window.get("n_frames", x_in.shape[0])
+    n_vis = 0 if vis is None else vis.shape[0]
+    lengths = [len(w) for w in windows]
+    if sum(lengths) != x_in.shape[0]:
+        raise RuntimeError(f"MuseV: window rows {lengths} do not add up to the {x_in.shape[0]} input frames")
+
+    if n_vis:
+        if vis.shape[1:] != x_in.shape[1:]:
+            raise MuseVInputError(
+                f"vision condition latent is {tuple(vis.shape[1:])} (channels, h, w) but the video latent is "
+                f"{tuple(x_in.shape[1:])}: encode the condition image at the video's size")
+        vis = vis.to(device=x_in.device, dtype=x_in.dtype)
+        pieces, sig, offset = [], [], 0
+        per_row_t = timestep.shape[0] == x_in.shape[0]
+        for length in lengths:
+            xw = x_in[offset:offset + length]
+            tw = timestep[offset:offset + length] if per_row_t else timestep
+            t0 = tw[:1] if per_row_t else tw.reshape(-1)[:1]
+            # calculate_input(sigma, x) divides by sqrt(sigma^2 + sigma_data^2): pre-multiply so the
+            # UNet and the ControlNet see the clean latent (the UNet patch then overwrites exactly).
+            scale = 1.0 / model.model_sampling.calculate_input(t0, torch.ones_like(t0)).reshape(1, *([1] * (xw.ndim - 1)))
+            pieces += [vis * scale, xw]
+            if per_row_t:
+                sig += [t0.expand(n_vis), tw]
+            offset += length
+        x_call = torch.cat(pieces)
+        t_call = torch.cat(sig) if per_row_t else timestep
+    else:
+        x_call, t_call = x_in, timestep
+
+    sub_options = model_options.copy()
+    sub_to = dict(to)
+    sub_to[WINDOW_KEY] = dict(window, segments=[(n_vis, n_vis + length) for length in lengths],
+                              vision_latents=vis if n_vis else None)
+    sub_options["transformer_options"] = sub_to
+
+    swapped = []
+    try:
+        for control in _control_chain(conds):
+            hint = getattr(control, "cond_hint_original", None)
+            if hint is None or not isinstance(hint, torch.Tensor) or hint.shape[0] == 1:
+                continue
+            rows = _hint_rows(hint.shape[0], n_vis, n_frames, windows)
+            if rows is None:
+                raise MuseVInputError(
+                    f"ControlNet image batch has {hint.shape[0]} frames; MuseV needs 1 (static), {n_frames} (one per "
+                    f"generated frame) or {n_vis + n_frames} (condition frame(s) first, then one per generated frame): "
+                    "fix the frame count of the control images (PoseVideoCondition does this)")
+            swapped.append((control, hint, control.cond_hint))
+            control.cond_hint_original = hint[rows]
+            control.cond_hint = None
+        out = executor(model, conds, x_call, t_call, sub_options)
+    finally:
+        for control, hint, cached in swapped:
+            control.cond_hint_original = hint
+            control.cond_hint = None
+
+    if not n_vis:
+        return out
+    keep = []
+    offset = 0
+    for length in lengths:
+        keep += list(range(offset + n_vis, offset + n_vis + length))
+        offset += n_vis + length
+    keep = torch.tensor(keep, device=x_in.device)
+    return [o[keep] if o is not None else o for o in out]
+
+
+# ------------------------------------------------------------------------------------------------
+# Installation
+
+def apply_parallel_denoise(model, *, vision=None, schedule="uniform_v2", context_frames=12, context_overlap=4,
+                           context_batch_size=1, noise=None, node="MuseVContextWindows"):
+    """Clone of a MuseV MODEL with the context handler, the vision-frame wrapper, the condition
+    frame(s) (raw VAE-space latents, (n_vis, C, h, w)) and the noise settings."""
+    from comfy.patcher_extension import WrappersMP
+    from .patch import STATE_KEY, get_state, set_state
+
+    state = get_state(model, node)
+    try:
+        W.validate(1, int(context_frames), int(context_overlap), int(context_batch_size))
+    except W.WindowError as e:
+        raise MuseVInputError(f"{node}: {e}") from None
+    if schedule not in W.SCHEDULES:
+        raise MuseVInputError(f"{node}: 'context_schedule' must be one of {list(W.SCHEDULES)}, got {schedule!r}")
+    handler = model.model_options.get("context_handler")
+    if handler is not None and not isinstance(handler, MuseVContextHandler):
+        raise MuseVInputError(
+            f"{node}: the MODEL already has ComfyUI's context windows ({type(handler).__name__}); MuseV brings its "
+            "own (vision frame in every window): remove the other context-window node")
+    if vision is not None:
+        if not isinstance(vision, torch.Tensor) or vision.ndim != 4 or vision.shape[0] < 1:
+            shape = tuple(vision.shape) if isinstance(vision, torch.Tensor) else type(vision).__name__
+            raise MuseVInputError(f"{node}: 'vision_latent' must be an image latent batch (frames, 4, h, w), got "
+                                  f"{shape}")
+        if not torch.isfinite(vision).all():
+            raise MuseVInputError(f"{node}: 'vision_latent' contains NaN/inf values: re-encode the condition image")
+    m = model.clone()
+    m.model_options["context_handler"] = MuseVContextHandler(schedule, context_frames, context_overlap,
+                                                             context_batch_size)
+    m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, STATE_KEY, calc_cond_batch_wrapper)
+    set_state(m, state.replace(vision=None if vision is None else vision.detach().float().cpu(), noise=noise))
+    return m
