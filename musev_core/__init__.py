@@ -7,5 +7,5 @@ tensors (default: torch SDPA), so a host can pass its own casting layers and att
 
 __all__ = [
     "attention", "checkpoints", "keys", "layout", "temporal", "reference_only", "ip_adapter",
-    "referencenet", "motion", "windows", "noise", "sigmas",
+    "referencenet", "motion", "windows", "noise", "sigmas", "pose", "image_prep",
 ]
