@@ -1,8 +1,23 @@
-"""Visual-condition parallel denoising: the context-window MODEL patch and ParallelDenoiseSampler.
-
-(Input schema fixed here; the implementation lands with the context handler.)
+"""Visual-condition parallel denoising: the context-window MODEL patch (for any sampler),
+ParallelDenoiseSampler (the one-node front end over the same machinery), shot chaining.
 """
+import logging
+
+import torch
+
+import comfy.model_management
+import comfy.sample
 import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..musev_core import sigmas as S
+from ..musev_core import windows as W
+from .context import PROGRESS_KEY, apply_parallel_denoise
+from .host import MuseVInputError
+from .patch import NoiseSettings, get_state
+
+log = logging.getLogger("comfyui-musev")
 
 CATEGORY = "MuseV"
 SCHEDULES = ["uniform_v2", "uniform_looped"]
@@ -52,6 +67,11 @@ class ParallelDenoiseSampler:
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt."}),
             "frames": ("INT", {"default": 12, "min": 1, "max": 4096, "tooltip":
                 "Frames to generate after the condition frame(s)."}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip":
+                "Video width in pixels (MuseV uses multiples of 64). The condition image is centre-cropped "
+                "and resized to it; a vision_latent / init_latent must already have this size."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip":
+                "Video height in pixels (see width)."}),
         }
         req.update(context_inputs())
         req.update(noise_inputs())
@@ -91,8 +111,42 @@ class ParallelDenoiseSampler:
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 
-    def sample(self, **kwargs):
-        raise NotImplementedError("ParallelDenoiseSampler: under construction")
+    def sample(self, model, positive, negative, frames, width, height, context_frames, context_overlap,
+               context_schedule, context_batch_size, noise_type, w_ind_noise, img_weight, seed, steps, cfg,
+               sampler_name, scheduler, include_condition_frames, vision_image=None, vae=None, vision_latent=None,
+               sigmas=None, init_latent=None, denoise=1.0):
+        node = "ParallelDenoiseSampler"
+        get_state(model, node)
+        if frames < 1:
+            raise MuseVInputError(f"{node}: 'frames' is {frames}: generate at least 1 frame")
+        if width % 8 or height % 8:
+            raise MuseVInputError(f"{node}: width/height {width}x{height} must be multiples of 8 (MuseV: 64)")
+        try:
+            W.validate(frames, context_frames, context_overlap, context_batch_size)
+        except W.WindowError as e:
+            raise MuseVInputError(f"{node}: {e}") from None
+        vision = condition_latents(node, vision_image, vae, vision_latent, width, height)
+        channels = model.model.latent_format.latent_channels
+        h, w = height // 8, width // 8
+        if init_latent is not None:
+            latent = checked_latent(node, "init_latent", init_latent, frames, channels, h, w)
+        else:
+            latent = torch.zeros(frames, channels, h, w)
+            if not 0.0 < denoise <= 1.0:
+                raise MuseVInputError(f"{node}: 'denoise' {denoise} needs an init_latent below 1.0")
+        # MuseV mixes the condition latent into the noise only without an init video (spec §5.3).
+        noise = NoiseSettings(noise_type, float(w_ind_noise), 0.0 if init_latent is not None else float(img_weight),
+                              diffusers_init=(sigmas is None and scheduler == MUSEV_SCHEDULER))
+        m = apply_parallel_denoise(model, vision=vision, schedule=context_schedule, context_frames=context_frames,
+                                   context_overlap=context_overlap, context_batch_size=context_batch_size,
+                                   noise=noise, node=node)
+        sig = make_sigmas(m, scheduler, steps, denoise if init_latent is not None else 1.0, sigmas, node)
+        n_groups = len(W.batch_windows(W.get_windows(context_schedule, frames, context_frames, context_overlap),
+                                       context_batch_size))
+        out = run_sampler(m, positive, negative, latent, sig, sampler_name, cfg, seed, n_groups)
+        if include_condition_frames and vision is not None:
+            out = torch.cat([vision.to(out.dtype), out])
+        return ({"samples": out},)
 
 
 class MuseVContextWindows:
@@ -117,10 +171,161 @@ class MuseVContextWindows:
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
-    def apply(self, **kwargs):
-        raise NotImplementedError("MuseVContextWindows: under construction")
+    def apply(self, model, context_frames, context_overlap, context_schedule, context_batch_size, noise_type,
+              w_ind_noise, img_weight, vision_latent=None):
+        vision = None
+        if vision_latent is not None:
+            vision = latent_samples("MuseVContextWindows", "vision_latent", vision_latent)
+        noise = NoiseSettings(noise_type, float(w_ind_noise), float(img_weight), diffusers_init=False)
+        return (apply_parallel_denoise(model, vision=vision, schedule=context_schedule, context_frames=context_frames,
+                                       context_overlap=context_overlap, context_batch_size=context_batch_size,
+                                       noise=noise, node="MuseVContextWindows"),)
 
 
-NODE_CLASS_MAPPINGS = {"ParallelDenoiseSampler": ParallelDenoiseSampler, "MuseVContextWindows": MuseVContextWindows}
+class MuseVShotCondition:
+    DESCRIPTION = ("End-to-end shot chaining (MuseV's n_batch): the last frame(s) of one shot's latents become "
+                   "the next shot's vision condition (not re-encoded, as MuseV).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent": ("LATENT", {"tooltip": "The previous shot (ParallelDenoiseSampler output)."}),
+            "condition_frames": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip":
+                "How many trailing frames become the next shot's condition (MuseV: 1)."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("vision_latent",)
+    FUNCTION = "take"
+    CATEGORY = CATEGORY
+
+    def take(self, latent, condition_frames):
+        samples = latent_samples("MuseVShotCondition", "latent", latent)
+        if samples.shape[0] < condition_frames:
+            raise MuseVInputError(f"MuseVShotCondition: 'latent' has {samples.shape[0]} frames, fewer than "
+                                  f"condition_frames={condition_frames}")
+        return ({"samples": samples[-condition_frames:].clone()},)
+
+
+class MuseVJoinShots:
+    DESCRIPTION = ("Joins chained shots into one video: drops the leading condition frame(s) of the next shot "
+                   "(they repeat the previous shot's last frames), as MuseV does.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": ("LATENT", {"tooltip": "The video so far."}),
+            "next_shot": ("LATENT", {"tooltip": "The next shot, sampled with include_condition_frames on or off."}),
+            "drop_leading_frames": ("INT", {"default": 1, "min": 0, "max": 16, "tooltip":
+                "Leading frames of next_shot to drop (its condition frames; 0 if it was sampled without them)."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("video",)
+    FUNCTION = "join"
+    CATEGORY = CATEGORY
+
+    def join(self, video, next_shot, drop_leading_frames):
+        a = latent_samples("MuseVJoinShots", "video", video)
+        b = latent_samples("MuseVJoinShots", "next_shot", next_shot)
+        if a.shape[1:] != b.shape[1:]:
+            raise MuseVInputError(f"MuseVJoinShots: 'video' frames are {tuple(a.shape[1:])}, 'next_shot' frames "
+                                  f"{tuple(b.shape[1:])}: shots must have the same size")
+        if drop_leading_frames >= b.shape[0]:
+            raise MuseVInputError(f"MuseVJoinShots: dropping {drop_leading_frames} of {b.shape[0]} frames leaves nothing")
+        return ({"samples": torch.cat([a, b[drop_leading_frames:].to(a.dtype)])},)
+
+
+# ------------------------------------------------------------------------------------------------
+
+def latent_samples(node, name, latent):
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise MuseVInputError(f"{node}: '{name}' is not a LATENT")
+    if samples.ndim != 4:
+        raise MuseVInputError(f"{node}: '{name}' must be an image latent batch (frames, channels, h, w), got "
+                              f"shape {tuple(samples.shape)}")
+    if samples.shape[0] == 0:
+        raise MuseVInputError(f"{node}: '{name}' is empty (0 frames)")
+    if not torch.isfinite(samples).all():
+        raise MuseVInputError(f"{node}: '{name}' contains NaN/inf values: re-encode or regenerate it")
+    return samples
+
+
+def checked_latent(node, name, latent, frames, channels, h, w):
+    samples = latent_samples(node, name, latent)
+    if samples.shape[0] != frames:
+        raise MuseVInputError(f"{node}: '{name}' has {samples.shape[0]} frames but 'frames' is {frames}: set frames "
+                              f"to {samples.shape[0]} or trim the latent batch")
+    if tuple(samples.shape[1:]) != (channels, h, w):
+        raise MuseVInputError(f"{node}: '{name}' is {tuple(samples.shape[1:])} (channels, h, w) but the video is "
+                              f"{(channels, h, w)}: encode it at {w * 8}x{h * 8}")
+    return samples
+
+
+def condition_latents(node, image, vae, latent, width, height):
+    """Raw (VAE-space) condition latents from vision_latent or vision_image + vae, or None."""
+    if latent is not None:
+        samples = latent_samples(node, "vision_latent", latent)
+        if tuple(samples.shape[2:]) != (height // 8, width // 8):
+            raise MuseVInputError(f"{node}: 'vision_latent' is {samples.shape[3] * 8}x{samples.shape[2] * 8} but the "
+                                  f"video is {width}x{height}: set width/height to match or re-encode the image")
+        if image is not None:
+            log.warning("%s: both vision_latent and vision_image given; using vision_latent", node)
+        return samples
+    if image is None:
+        return None
+    if vae is None:
+        raise MuseVInputError(f"{node}: 'vision_image' needs the 'vae' input to be encoded (MuseV used sd-vae-ft-mse)")
+    if image.ndim != 4 or image.shape[0] == 0:
+        raise MuseVInputError(f"{node}: 'vision_image' is empty: connect a condition image")
+    pixels = image[..., :3]
+    if pixels.shape[1] != height or pixels.shape[2] != width:
+        log.info("%s: condition image %dx%d centre-cropped and resized to %dx%d", node, pixels.shape[2],
+                 pixels.shape[1], width, height)
+        pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), width, height, "lanczos", "center").movedim(1, -1)
+    return vae.encode(pixels).float()
+
+
+def make_sigmas(model, scheduler, steps, denoise, sigmas, node):
+    if sigmas is not None:
+        if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+            raise MuseVInputError(f"{node}: 'sigmas' needs at least 2 values, got {tuple(sigmas.shape)}")
+        return sigmas.float().cpu()
+    total = steps if denoise >= 0.9999 else int(steps / denoise)
+    if scheduler == MUSEV_SCHEDULER:
+        sig, _ = S.euler_sigmas(S.SD15_SCHEDULER_CONFIG, total)
+    else:
+        sig = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    return sig[-(steps + 1):].float()
+
+
+def run_sampler(model, positive, negative, latent, sigmas, sampler_name, cfg, seed, n_groups):
+    steps = sigmas.shape[0] - 1
+    pbar = comfy.utils.ProgressBar(max(1, steps * n_groups))
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+    state = {"done": 0}
+
+    def progress(n):
+        state["done"] += n
+        pbar.update_absolute(state["done"], steps * n_groups)
+
+    def callback(step, x0, x, total):
+        if previewer is not None:
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1])
+            pbar.update_absolute(state["done"], steps * n_groups, preview)
+
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})[PROGRESS_KEY] = progress
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    return comfy.sample.sample_custom(m, noise, cfg, sampler, sigmas.to(latent.device), positive, negative, latent,
+                                      callback=callback, disable_pbar=True, seed=seed).float()
+
+
+NODE_CLASS_MAPPINGS = {"ParallelDenoiseSampler": ParallelDenoiseSampler, "MuseVContextWindows": MuseVContextWindows,
+                       "MuseVShotCondition": MuseVShotCondition, "MuseVJoinShots": MuseVJoinShots}
 NODE_DISPLAY_NAME_MAPPINGS = {"ParallelDenoiseSampler": "MuseV Parallel Denoise Sampler",
-                              "MuseVContextWindows": "MuseV Context Windows (for any sampler)"}
+                              "MuseVContextWindows": "MuseV Context Windows (for any sampler)",
+                              "MuseVShotCondition": "MuseV Shot Condition (last frames)",
+                              "MuseVJoinShots": "MuseV Join Shots"}

@@ -96,3 +96,38 @@ def place_in_layout(src_dir, dest_dir, weights="weights.safetensors", config="co
 def save_tensors(path, tensors):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+
+
+def fixture_musev_model(host, parity_dir, pipeline="pipeline", tag="m", with_reference=True):
+    """The MuseV MODEL of a fixture pipeline (tiny ComfyUI UNet + motion loaded by LoadMuseVMotion,
+    ReferenceNet features / IP tokens from the pipeline inputs when ``with_reference``), its
+    CONDITIONING pair, the raw condition latents and the manifest entry."""
+    import folder_paths
+    patch = host.pack("nodes.patch")
+    motion_nodes = host.pack("nodes.motion_nodes")
+    layout = host.pack("musev_core.layout")
+    spec = read_json(os.path.join(parity_dir, "manifest.json"))["pipelines"][pipeline]
+    weights_dir = os.path.join(parity_dir, os.path.dirname(spec["unet_weights"]))
+    cfg = read_json(os.path.join(weights_dir, "config.json"))
+    base = make_sd15_model(comfy_unet_config(cfg), load_tensors(os.path.join(parity_dir, spec["unet_weights"])))
+    rel = f"testmodels_{tag}/{pipeline}/unet"
+    place_in_layout(weights_dir, os.path.join(folder_paths.get_folder_paths("musev")[0], rel))
+    (model,) = motion_nodes.LoadMuseVMotion().load(base, rel + "/", frame_rate=float(spec["call_args"]["motion_speed"]))
+    inputs = load_tensors(os.path.join(parity_dir, pipeline, "inputs.safetensors"))
+    roles = [layout.UNCOND, layout.COND]
+    if with_reference:
+        state = patch.get_state(model)
+        if spec.get("referencenet_weights"):
+            feats = list_arg(inputs, "down_block_refer_embs") + [inputs["mid_block_refer_emb"]]
+            state = state.replace(reference=patch.StaticReference(
+                {r: [f[i:i + 1] for f in feats] for i, r in enumerate(roles)}))
+        if spec.get("ip_adapter_weights"):
+            ip = inputs["ip_adapter_image_emb"]
+            state = state.replace(ip=patch.StaticIP({r: ip[i:i + 1] for i, r in enumerate(roles)},
+                                                    scale=spec["call_args"]["ip_adapter_scale"]))
+        patch.set_state(model, state)
+    cond = inputs["condition_latents"]
+    vision = cond[0].permute(1, 0, 2, 3) / model.model.latent_format.scale_factor
+    positive = [[inputs["prompt_embeds"], {}]]
+    negative = [[inputs["negative_prompt_embeds"], {}]]
+    return model, positive, negative, vision, spec, inputs
