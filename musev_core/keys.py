@@ -163,3 +163,45 @@ def ip_attn2_key(prefix, layers=2):
     if m.group(4) is not None:
         return ("output", int(m.group(4)) * step + int(m.group(5)), t)
     return ("middle", 0, t)
+
+
+def sd_layout(variant, channels, temb_dim, cross_dim, layers=2, attention_levels=None):
+    """``{module prefix: shape info}`` of every MuseV module for an SD1.5-topology UNet with
+    ``channels`` per level (SD1.5: 320/640/1280/1280), as ``MuseVMotionModel`` expects it (the same
+    form ``MuseVMotionModel.inspect`` reads from a checkpoint).  Used to build full-size layouts
+    (key-coverage checks against the released key lists) and stand-in checkpoints."""
+    n = len(channels)
+    attention_levels = set(range(n - 1) if attention_levels is None else attention_levels)
+    refer = variant == VARIANT_REFERENCENET_FAMILY
+    out = {"frame_embedding": (channels[0], temb_dim)}
+    if variant == VARIANT_MUSEV:
+        out["transformer_in"] = (channels[0], temb_dim)
+    if refer:
+        out["first_refer_emb_attns"] = (channels[0],)
+        out["mid_block_refer_emb_attns"] = (channels[-1],)
+    for i, ch in enumerate(channels):
+        for j in range(layers):
+            out[f"down_blocks.{i}.temp_convs.{j}"] = (ch,)
+            if i in attention_levels:
+                out[f"down_blocks.{i}.temp_attentions.{j}"] = (ch, temb_dim)
+                if refer:
+                    out[f"down_blocks.{i}.attentions.{j}.transformer_blocks.0.attn2"] = (ch, cross_dim)
+            if refer:
+                out[f"down_blocks.{i}.refer_emb_attns.{j}"] = (ch,)
+        if refer and i < n - 1:
+            out[f"down_blocks.{i}.refer_emb_attns.{layers}"] = (ch,)
+    for j in range(2):
+        out[f"mid_block.temp_convs.{j}"] = (channels[-1],)
+    out["mid_block.temp_attentions.0"] = (channels[-1], temb_dim)
+    if refer:
+        out["mid_block.attentions.0.transformer_blocks.0.attn2"] = (channels[-1], cross_dim)
+    for i in range(n):
+        ch = channels[n - 1 - i]
+        level = n - 1 - i
+        for j in range(layers + 1):
+            out[f"up_blocks.{i}.temp_convs.{j}"] = (ch,)
+            if level in attention_levels:
+                out[f"up_blocks.{i}.temp_attentions.{j}"] = (ch, temb_dim)
+                if refer:
+                    out[f"up_blocks.{i}.attentions.{j}.transformer_blocks.0.attn2"] = (ch, cross_dim)
+    return out

@@ -147,6 +147,21 @@ class HostHandle:
 def pytest_terminal_summary(terminalreporter):
     if _HOST_SKIP_NOTE:
         terminalreporter.write_line("!" * 100, red=True)
-        terminalreporter.write_line(_HOST_SKIP_NOTE[0], red=True, bold=True)
+        for note in dict.fromkeys(_HOST_SKIP_NOTE):   # each distinct note once
+            terminalreporter.write_line(note, red=True, bold=True)
         terminalreporter.write_line("!" * 100, red=True)
 
+
+# Session fixtures of the real-server / browser harness (one ComfyUI subprocess and one Chromium per
+# run, shared by every test file): ``comfy_server`` (tests/comfy_server.py), ``chromium`` and
+# ``frontend`` (tests/browser.py).
+from comfy_server import comfy_server  # noqa: E402,F401
+from browser import chromium, frontend  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def standins(comfy_host):
+    """Stand-in model files (real formats, tiny/random) linked into the host's models folder."""
+    import folder_paths
+    from standins import make_standins
+    return make_standins(folder_paths.models_dir)
