@@ -54,3 +54,53 @@ def decoupled_cross_attention(q, k, v, ip_k, ip_v, heads, scale, attn_fn=sdpa_at
     if ip_k is None or scale == 0:
         return out
     return out + scale * attn_fn(q, ip_k, ip_v, heads)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image-projection checkpoints
+
+IMAGE_PROJ_KEYS = ("proj.weight", "proj.bias", "norm.weight", "norm.bias")
+
+
+class ImageProjError(ValueError):
+    """A file that is not (or not a usable) MuseV / IP-Adapter image projection; says what it is."""
+
+
+def _strip(sd, prefix):
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def image_proj_weights(sd):
+    """The plain ``ImageProjModel`` state dict (``proj.*``, ``norm.*``) of a checkpoint: MuseV's
+    released container (``{"image_proj": sd}``, flattened to ``image_proj.*``), a tencent-ailab
+    ``ip-adapter_sd15.bin`` (``image_proj`` + ``ip_adapter``; the latter is not used, MuseV's
+    ``to_k_ip``/``to_v_ip`` live in the motion UNet) or plain keys.  Raises :class:`ImageProjError`
+    naming what the file is otherwise."""
+    keys = set(sd)
+    if any(k.startswith("image_proj.") for k in keys):
+        proj = _strip(sd, "image_proj.")
+    else:
+        proj = dict(sd)
+    for wrapper in ("module.", "model."):
+        if proj and all(k.startswith(wrapper) for k in proj):
+            proj = _strip(proj, wrapper)
+    pk = set(proj)
+    if set(IMAGE_PROJ_KEYS) <= pk and proj["proj.weight"].ndim == 2:
+        extra = sorted(pk - set(IMAGE_PROJ_KEYS))
+        if extra:
+            raise ImageProjError(f"unexpected image-projection keys {extra[:4]}: not a plain IP-Adapter ImageProjModel")
+        return proj
+    if "latents" in pk or any(k.startswith(("proj_in.", "layers.")) for k in pk):
+        raise ImageProjError(
+            "this is an IP-Adapter Plus projection (Resampler on CLIP hidden states), not the plain image "
+            "projection MuseV was trained with")
+    if {"proj.0.weight", "proj.2.weight"} <= pk:
+        raise ImageProjError("this is an IP-Adapter FaceID projection (InsightFace embeddings), which MuseV "
+                             "does not use")
+    raise ImageProjError(f"no image-projection weights (proj.weight / norm.weight) among {len(keys)} keys "
+                         f"(e.g. {sorted(keys)[:3]})")
+
+
+def describe_image_proj(model):
+    """``"<clip_dim> -> <tokens> x <cross_dim>"`` for messages."""
+    return f"{model.clip_dim}-d image embeds -> {model.tokens} tokens x {model.cross_dim}"
