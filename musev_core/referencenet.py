@@ -6,7 +6,7 @@ SD1.5 encoder+middle run at timestep 0 (spec §4.1-4.2), which the host runs on 
 """
 import torch
 
-from .attention import DEFAULT_OPS, AttentionProjections, sdpa_attention
+from .attention import AttentionProjections, sdpa_attention
 
 N_REFERENCE_FEATURES = 13   # conv_in output, 11 down-path skips, mid block output
 

@@ -31,6 +31,7 @@ import folder_paths
 
 from ..musev_core import pose as P
 from .host import MuseVInputError
+from .paths import register_folder
 
 log = logging.getLogger("musev")
 
@@ -62,14 +63,7 @@ DETECTOR_CHOICES = ("auto",) + tuple(BACKENDS)
 
 
 def register():
-    path = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[FOLDER]
-        if path not in paths:
-            paths.append(path)
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
-    else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([path], set(EXTENSIONS))
+    register_folder(FOLDER, EXTENSIONS)
 
 
 def folders():

@@ -80,3 +80,35 @@ def block_channels(block):
         elif isinstance(child, torch.nn.Conv2d):
             ch = child.out_channels
     return ch
+
+
+class FileModelCache:
+    """A small LRU of models built from files, keyed by the file's identity (real path, mtime,
+    size) plus extra keys (dtypes): re-running a graph or using one file with two base models
+    does not rebuild the model."""
+
+    def __init__(self, size=2):
+        import collections
+        import threading
+        self.size = size
+        self._items = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path, *extra):
+        import os
+        st = os.stat(path)
+        return (os.path.realpath(path), st.st_mtime_ns, st.st_size) + tuple(str(e) for e in extra)
+
+    def get_or_build(self, key, build):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        value = build()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value

@@ -1,8 +1,6 @@
 """Loading a MuseV motion checkpoint into a ModelPatcher (cached by file identity and dtype)."""
-import collections
 import logging
 import os
-import threading
 
 import torch
 
@@ -11,13 +9,11 @@ import comfy.model_patcher
 from ..musev_core import keys as K
 from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
 from ..musev_core.motion import MotionCheckpointError, MuseVMotionModel
-from .host import MuseVInputError, host_ops, load_device, offload_device
+from .host import FileModelCache, MuseVInputError, host_ops, load_device, offload_device
 
 log = logging.getLogger("comfyui-musev")
 
-_CACHE = collections.OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 2
+_CACHE = FileModelCache(2)
 
 
 class MotionModule(torch.nn.Module):
@@ -51,13 +47,11 @@ def heads_from(config, unet):
 
 def load_motion_patcher(path, unet, weight_dtype, compute_dtype, node="LoadMuseVMotion", input_name="motion_model"):
     """A ModelPatcher holding the MuseV motion model for ``path``, built in the base model's dtype."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, str(weight_dtype), str(compute_dtype))
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
+    return _CACHE.get_or_build(FileModelCache.key(path, weight_dtype, compute_dtype, unet.num_heads),
+                               lambda: _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name))
+
+
+def _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name):
     sd, config, weights_path = read_motion_checkpoint(path, node, input_name)
     layers = int((config or {}).get("layers_per_block", 2))
     try:
@@ -76,8 +70,4 @@ def load_motion_patcher(path, unet, weight_dtype, compute_dtype, node="LoadMuseV
     patcher = comfy.model_patcher.ModelPatcher(MotionModule(motion), load_device=load_device(),
                                                offload_device=offload_device())
     patcher.musev_report = report
-    with _CACHE_LOCK:
-        _CACHE[key] = patcher
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
     return patcher

@@ -1,5 +1,4 @@
 """LoadMuseVMotion: MuseV's temporal layers into an SD1.5 MODEL."""
-import torch
 
 from . import paths
 from .host import sd15_unet

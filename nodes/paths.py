@@ -17,15 +17,20 @@ WEIGHT_EXTS = {".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt"}
 MODEL_FILE_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
-def register():
-    path = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, exts = folder_paths.folder_names_and_paths[FOLDER]
+def register_folder(name, extensions):
+    """Register ``models/<name>`` (idempotent; keeps paths and extensions others added)."""
+    path = os.path.join(folder_paths.models_dir, name)
+    if name in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[name]
         if path not in paths:
             paths.append(path)
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | WEIGHT_EXTS)
+        folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
     else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([path], set(WEIGHT_EXTS))
+        folder_paths.folder_names_and_paths[name] = ([path], set(extensions))
+
+
+def register():
+    register_folder(FOLDER, WEIGHT_EXTS)
 
 
 def _is_model_dir(d):

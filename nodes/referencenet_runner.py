@@ -8,11 +8,9 @@ never allocated.  It runs those blocks with ComfyUI's ``forward_timestep_embed``
 attention backends, ``comfy.ops`` casting and lowvram offloading are the host's.  MuseV's
 BasicTransformerBlocks use LayerNorm eps 0 for norm1/norm3 (spec §2.5): set on this instance.
 """
-import collections
 import logging
 import math
 import os
-import threading
 
 import torch
 
@@ -26,13 +24,11 @@ import comfy.utils
 from ..musev_core import keys as K
 from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
 from ..musev_core.referencenet import ReferenceNetCheckpointError, ReferenceNetGeometry
-from .host import MuseVInputError, load_device, offload_device
+from .host import FileModelCache, MuseVInputError, load_device, offload_device
 
 log = logging.getLogger("comfyui-musev")
 
-_CACHE = collections.OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 2
+_CACHE = FileModelCache(2)
 
 N_FEATURES = 13
 
@@ -222,22 +218,15 @@ def build_referencenet(sd, config, weight_dtype, compute_dtype, name="referencen
 
 def load_referencenet_patcher(path, weight_dtype, compute_dtype, node="MuseVReferenceNet", input_name="referencenet"):
     """A ModelPatcher holding the ReferenceNet for ``path`` (cached by file identity and dtypes)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, str(weight_dtype), str(compute_dtype))
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
+    return _CACHE.get_or_build(FileModelCache.key(path, weight_dtype, compute_dtype),
+                               lambda: _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name))
+
+
+def _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name):
     sd, config, weights = read_referencenet(path, node, input_name)
     module = build_referencenet(sd, config, weight_dtype, compute_dtype, os.path.basename(weights), node)
     log.info("MuseV ReferenceNet %s: %s", os.path.basename(weights), module.geometry.describe())
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
-    with _CACHE_LOCK:
-        _CACHE[key] = patcher
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return patcher
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
 
 
 def lcm_repeat(contexts):

@@ -105,7 +105,6 @@ def _clip_text_weights():
 
 
 def _vae_weights():
-    import comfy.ops  # noqa: F401
     from comfy.ldm.models.autoencoder import AutoencoderKL
     ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}

@@ -6,7 +6,6 @@ its initial latents; the MuseV MODEL patch + context handler do the windows.  Ch
 per-window UNet call (input and output), every step's guided prediction and latents, the final
 latents.  Per-step checks start from the recorded ``latents_before.i`` (README rule 3).
 """
-import math
 import os
 
 import pytest
