@@ -130,10 +130,15 @@ class ParallelDenoiseSampler:
         h, w = height // 8, width // 8
         if init_latent is not None:
             latent = checked_latent(node, "init_latent", init_latent, frames, channels, h, w)
+            if not 0.0 < denoise <= 1.0:
+                raise MuseVInputError(f"{node}: 'denoise' is {denoise}: with an init_latent it must be above 0 "
+                                      "(how much of the schedule to run; 1.0 = MuseV)")
         else:
             latent = torch.zeros(frames, channels, h, w)
-            if not 0.0 < denoise <= 1.0:
-                raise MuseVInputError(f"{node}: 'denoise' {denoise} needs an init_latent below 1.0")
+            if denoise < 1.0:   # would be ignored: a full text/image-to-video run, not what was asked
+                raise MuseVInputError(f"{node}: 'denoise' is {denoise} but no 'init_latent' is connected: connect "
+                                      "the driving video's latents (VAE Encode) to init_latent, or set denoise "
+                                      "to 1.0")
         # MuseV mixes the condition latent into the noise only without an init video (spec §5.3).
         noise = NoiseSettings(noise_type, float(w_ind_noise), 0.0 if init_latent is not None else float(img_weight),
                               diffusers_init=(sigmas is None and scheduler == MUSEV_SCHEDULER))
@@ -203,7 +208,8 @@ class MuseVShotCondition:
         samples = latent_samples("MuseVShotCondition", "latent", latent)
         if samples.shape[0] < condition_frames:
             raise MuseVInputError(f"MuseVShotCondition: 'latent' has {samples.shape[0]} frames, fewer than "
-                                  f"condition_frames={condition_frames}")
+                                  f"condition_frames={condition_frames}: lower condition_frames or pass a longer "
+                                  "shot")
         return ({"samples": samples[-condition_frames:].clone()},)
 
 
@@ -232,7 +238,9 @@ class MuseVJoinShots:
             raise MuseVInputError(f"MuseVJoinShots: 'video' frames are {tuple(a.shape[1:])}, 'next_shot' frames "
                                   f"{tuple(b.shape[1:])}: shots must have the same size")
         if drop_leading_frames >= b.shape[0]:
-            raise MuseVInputError(f"MuseVJoinShots: dropping {drop_leading_frames} of {b.shape[0]} frames leaves nothing")
+            raise MuseVInputError(f"MuseVJoinShots: 'drop_leading_frames' is {drop_leading_frames} but 'next_shot' "
+                                  f"has only {b.shape[0]} frames, nothing would be left: lower drop_leading_frames "
+                                  "(1 = the condition frame; 0 if it was sampled without it)")
         return ({"samples": torch.cat([a, b[drop_leading_frames:].to(a.dtype)])},)
 
 
@@ -246,7 +254,8 @@ def latent_samples(node, name, latent):
         raise MuseVInputError(f"{node}: '{name}' must be an image latent batch (frames, channels, h, w), got "
                               f"shape {tuple(samples.shape)}")
     if samples.shape[0] == 0:
-        raise MuseVInputError(f"{node}: '{name}' is empty (0 frames)")
+        raise MuseVInputError(f"{node}: '{name}' is empty (0 frames): connect a latent batch with at least one "
+                              "frame (check the node that makes it: frame range, batch index)")
     if not torch.isfinite(samples).all():
         raise MuseVInputError(f"{node}: '{name}' contains NaN/inf values: re-encode or regenerate it")
     return samples

@@ -2,7 +2,8 @@
 
 The server runs ComfyUI's own ``main.py`` (``--cpu``) from the host tree that
 ``conftest.find_comfyui_path`` finds, on a free port of 127.0.0.1, with a temporary
-``--base-directory`` (models/, input/, output/, temp/, user/, custom_nodes/) and its own sqlite
+``--base-directory`` (models/, input/ -- with the small files the shipped workflows name --,
+output/, temp/, user/, custom_nodes/) and its own sqlite
 database, so nothing is written into the ComfyUI tree or the checkout.  The pack is linked into
 ``<base>/custom_nodes/comfyui-musev`` and loaded exactly as a user's install would load it.
 
@@ -41,6 +42,7 @@ PACK_LINK_NAME = "comfyui-musev"   # the folder name ComfyUI sees (and serves we
 DEFAULT_FRONTEND_SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.Minimap.Visible": False,   # it would cover part of the graph in screenshots
 }
 
 
@@ -153,6 +155,10 @@ class ComfyServer:
             except OSError:   # no symlinks (Windows without rights): ComfyUI then loads a copy
                 shutil.copytree(self.pack_dir, link, ignore=shutil.ignore_patterns(
                     ".git", ".venv", "test-artifacts", "__pycache__"))
+        # like a fresh install's input/ (ComfyUI ships input/example.png): the files the shipped
+        # workflows name, else the frontend's previews of a loaded workflow answer 404
+        from workflow_inputs import write_workflow_inputs
+        write_workflow_inputs(os.path.join(self.base_dir, "input"), overwrite=False)
         settings_path = os.path.join(self.base_dir, "user", "default", "comfy.settings.json")
         if self.settings and not os.path.exists(settings_path):
             with open(settings_path, "w", encoding="utf-8") as f:
@@ -315,6 +321,15 @@ class ComfyServer:
 
     def queue(self):
         return self.get_json("/queue")[1]
+
+    def standins(self):
+        """The stand-in model files (tests/standins.py) linked into this server's models folder
+        (generated once, cached); needs ComfyUI importable in the test process (``comfy_host``)."""
+        if getattr(self, "_standins", None) is None:
+            from standins import make_standins
+            self._prepare_base()
+            self._standins = make_standins(os.path.join(self.base_dir, "models"))
+        return self._standins
 
     def output_path(self, file_info):
         """Absolute path of an output image/video entry (``{"filename", "subfolder", "type"}``)."""

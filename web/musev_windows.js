@@ -243,6 +243,10 @@ function growToFit(node) {
   const widget = node.widgets?.find((w) => w.name === LAYOUT_WIDGET);
   if (!widget) return;
   const want = desiredHeight(node);
+  // computedHeight is from the last layout pass, which may predate the node's size (a loaded
+  // workflow sets the saved size after creation): lay the widgets out for the current size first,
+  // else every load grows the node again.
+  node.arrange?.();
   const have = widget.computedHeight ?? 0;
   // Grow only when the plan needs more room than before (never fight a user's resize).
   if (want > st.desired && have > 0 && want > have + 1) {
