@@ -85,17 +85,31 @@ def bare_call_time(musev, frames):
     return t
 
 
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def memory_run(frames):
-    import resource
+    """Peak memory of one sampling run above the memory held before it (GPU: allocated bytes;
+    CPU: peak RSS, reset through /proc/self/clear_refs after a warm-up run)."""
     import torch
     musev, vision, pos, neg = setup()
+    run_sampler(musev, vision, pos, neg, 2, 1, steps=1)            # load everything once
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run_sampler(musev, vision, pos, neg, frames, 1, steps=1)
+        print(f"PEAK {(torch.cuda.max_memory_allocated() - base) / 2**20:.1f}")
+        return
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
     run_sampler(musev, vision, pos, neg, frames, 1, steps=1)
-    if torch.cuda.is_available():
-        print(f"PEAK {torch.cuda.max_memory_allocated() / 2**20:.1f}")
-    else:
-        print(f"PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"PEAK {(_status_kib('VmHWM') - base) / 1024:.1f}")
 
 
 def main():
@@ -132,7 +146,7 @@ def main():
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")]
         peaks[n] = float(line[-1].split()[1]) if line else float("nan")
     latent_mb = (96 - 24) * 4 * SIZE * SIZE * 4 / 2**20
-    print(f"peak memory ({'GPU allocated' if 'CPU' not in common.device_name() else 'process RSS'}): "
+    print(f"peak memory above the loaded models ({'GPU allocated' if 'CPU' not in common.device_name() else 'RSS'}): "
           f"24 frames {peaks[24]:.0f} MiB, 96 frames {peaks[96]:.0f} MiB, ratio {peaks[96] / peaks[24]:.3f} "
           f"(latent growth alone: {latent_mb:.2f} MiB)")
 
