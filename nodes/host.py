@@ -112,3 +112,16 @@ class FileModelCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return value
+
+
+def read_checkpoint(path, subfolders, node, input_name):
+    """``(state_dict without wrapper prefix, config or None, weights path)`` of a file or diffusers
+    folder; unreadable files become a MuseVInputError naming the node and input."""
+    from ..musev_core import keys as K
+    from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
+    try:
+        weights, config = resolve_weights_path(path, subfolders=subfolders)
+        sd = load_state_dict(weights)
+    except CheckpointError as e:
+        raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
+    return K.strip_common_prefix(sd), config, weights

@@ -7,9 +7,8 @@ import torch
 import comfy.model_patcher
 
 from ..musev_core import keys as K
-from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
 from ..musev_core.motion import MotionCheckpointError, MuseVMotionModel
-from .host import FileModelCache, MuseVInputError, host_ops, load_device, offload_device
+from .host import FileModelCache, MuseVInputError, host_ops, load_device, offload_device, read_checkpoint
 
 log = logging.getLogger("comfyui-musev")
 
@@ -30,12 +29,7 @@ class MotionModule(torch.nn.Module):
 
 def read_motion_checkpoint(path, node="LoadMuseVMotion", input_name="motion_model"):
     """``(state_dict, config or None, weights_path)`` with errors that name the input."""
-    try:
-        weights, config = resolve_weights_path(path, subfolders=("unet",))
-        sd = load_state_dict(weights)
-    except CheckpointError as e:
-        raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
-    return K.strip_common_prefix(sd), config, weights
+    return read_checkpoint(path, ("unet",), node, input_name)
 
 
 def heads_from(config, unet):

@@ -22,9 +22,8 @@ import comfy.ops
 import comfy.utils
 
 from ..musev_core import keys as K
-from ..musev_core.checkpoints import CheckpointError, load_state_dict, resolve_weights_path
 from ..musev_core.referencenet import ReferenceNetCheckpointError, ReferenceNetGeometry
-from .host import FileModelCache, MuseVInputError, load_device, offload_device
+from .host import FileModelCache, MuseVInputError, load_device, offload_device, read_checkpoint
 
 log = logging.getLogger("comfyui-musev")
 
@@ -143,12 +142,7 @@ def diffusers_to_comfy(sd, unet_config, module):
 
 def read_referencenet(path, node="MuseVReferenceNet", input_name="referencenet"):
     """``(state_dict, config, weights_path)`` of a ReferenceNet file or folder, checked to BE one."""
-    try:
-        weights, config = resolve_weights_path(path, subfolders=("referencenet",))
-        sd = load_state_dict(weights)
-    except CheckpointError as e:
-        raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
-    sd = K.strip_common_prefix(sd)
+    sd, config, weights = read_checkpoint(path, ("referencenet",), node, input_name)
     kind = K.describe_keys(sd.keys())
     name = os.path.basename(weights)
     if kind in (K.VARIANT_MUSEV, K.VARIANT_REFERENCENET_FAMILY, "inconsistent"):
