@@ -195,3 +195,10 @@ def test_pipeline_parity_end_to_end(comfy_host, parity_dir, name):
     err = (got - final).abs().max().item()
     assert got.shape == final.shape and n_vis >= 1
     assert err <= tol, f"{name}: final latents {err:.3g} > {tol:.3g}"
+    # the decoded video through ComfyUI's VAE class (the fixture's tiny diffusers VAE)
+    from reference_fixtures import fixture_vae
+    vae, _ = fixture_vae(parity_dir, name)
+    frames = vae.decode(got / model.model.latent_format.scale_factor)          # (N, H, W, 3) in [0, 1]
+    expected_video = outputs["videos"][0].permute(1, 2, 3, 0)                  # (1, 3, N, H, W) -> (N, H, W, 3)
+    err = (frames.float().cpu() - expected_video).abs().max().item()
+    assert frames.shape == expected_video.shape and err <= TOL, f"{name}: decoded video {err:.3g}"
