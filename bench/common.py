@@ -3,9 +3,11 @@ reduced SD1.5-topology MODEL built with ComfyUI's own classes and a MuseV motion
 layout, random weights (speed does not depend on them).  Benchmarks print ratios measured in one
 run; they never assert timings."""
 import asyncio
+import atexit
 import importlib
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +35,7 @@ def start_host():
     from comfy.cli_args import args
     args.cpu = not _has_cuda()
     args.base_directory = tempfile.mkdtemp(prefix="musev-bench-")
+    atexit.register(shutil.rmtree, args.base_directory, True)
     import utils  # noqa: F401
     import folder_paths  # noqa: F401
     import nodes

@@ -10,7 +10,9 @@ With --models pointing at a ComfyUI models folder holding the released files (se
 real models are used (names below)."""
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -35,6 +37,7 @@ def start_comfy(models_dir):
     import torch
     args.cpu = not torch.cuda.is_available()
     args.base_directory = tempfile.mkdtemp(prefix="musev-demo-")
+    atexit.register(shutil.rmtree, args.base_directory, True)
     import utils  # noqa: F401
     import folder_paths
     if models_dir:

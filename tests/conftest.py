@@ -10,9 +10,11 @@ it is imported under the module name ComfyUI itself gives it, so core tests and 
 one copy of every module.
 """
 import asyncio
+import atexit
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 
@@ -98,6 +100,7 @@ def comfy_host():
     from comfy.cli_args import args
     args.cpu = True
     args.base_directory = tempfile.mkdtemp(prefix="musev-comfy-")
+    atexit.register(shutil.rmtree, args.base_directory, True)
     args.disable_all_custom_nodes = False
     import utils  # noqa: F401  (before nodes: nodes.py puts comfy/ first on sys.path)
     import folder_paths  # noqa: F401

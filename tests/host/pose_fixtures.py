@@ -2,6 +2,7 @@
 temporary models/dwpose folder, skeletons, and a tiny SD1.5 ControlNet built from ComfyUI's classes."""
 import contextlib
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -115,6 +116,7 @@ def dwpose_folder(folder_paths, dwpose_module):
     finally:
         folder_paths.folder_names_and_paths["dwpose"] = old
         dwpose_module._CACHE.clear()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def install_tiny_dwpose(folder, person_boxes_px, frame_size=256, weak=()):
