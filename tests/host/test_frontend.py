@@ -408,3 +408,35 @@ def test_shipped_workflow_loads(frontend, path):
     report = load_workflow_in_frontend(frontend, path)
     assert report["missing_nodes"] == [], f"{os.path.basename(path)} uses node types this install lacks"
     assert report["errors"] == [], "\n".join(report["errors"])
+
+
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+PROMPT_JS = "async () => (await window.app.graphToPrompt()).output"
+
+
+def test_shipped_workflows_in_vue_nodes_mode(frontend, comfy_server):
+    """The frontend's (experimental) Vue-nodes renderer: every shipped workflow loads without errors
+    and queues exactly the prompt it queues in the classic canvas renderer."""
+    classic = {}
+    for path in SHIPPED:
+        report = load_workflow_in_frontend(frontend, path, settle_ms=200)
+        assert report["errors"] == [], "\n".join(report["errors"])
+        classic[path] = frontend.page.evaluate(PROMPT_JS)
+    page = frontend.page
+    assert page.evaluate("""async (k) => { await window.app.extensionManager.setting.set(k, true);
+                                           return window.app.extensionManager.setting.get(k); }""", VUE_SETTING)
+    try:
+        page.wait_for_timeout(500)
+        frontend.open()                      # the renderer is chosen at start-up
+        assert page.evaluate("(k) => window.app.extensionManager.setting.get(k)", VUE_SETTING) is True
+        for path in SHIPPED:
+            name = os.path.basename(path)
+            report = load_workflow_in_frontend(frontend, path, settle_ms=800,
+                                               screenshot_name="vue_" + os.path.splitext(name)[0])
+            assert report["missing_nodes"] == [] and report["errors"] == [], (name, report["errors"])
+            rendered = page.evaluate("() => document.querySelectorAll('[data-node-id]').length")
+            assert rendered == report["node_count"], f"{name}: {rendered} Vue nodes for {report['node_count']}"
+            assert page.evaluate(PROMPT_JS) == classic[path], f"{name}: another prompt in Vue-nodes mode"
+    finally:
+        page.evaluate("async (k) => { await window.app.extensionManager.setting.set(k, false); }", VUE_SETTING)
+        page.wait_for_timeout(300)
