@@ -238,6 +238,28 @@ def euler_sigmas(config, steps):
     return sigmas, timesteps
 
 
+def sigma_to_timestep(sigma, table):
+    """The UNet timestep diffusers' Euler pairs with ``sigma``: the inverse of its linear
+    interpolation of the training sigmas ``table`` (ascending, one per training step).
+
+    MuseV's default 30-step linspace schedule has fractional timesteps (999·k/29) and its UNet gets
+    them as they are; a table value gives its integer index exactly.  Sigmas outside the table clamp
+    to 0 / T-1.  Returns float32 with the shape of ``sigma``."""
+    table = torch.as_tensor(table).to(torch.float64).reshape(-1)
+    if table.shape[0] < 2:
+        raise SigmaError(f"a sigma table needs at least 2 values, got {table.shape[0]}")
+    s = torch.as_tensor(sigma).to(device="cpu", dtype=torch.float64)
+    flat = s.reshape(-1)
+    last = table.shape[0] - 1
+    hi = torch.searchsorted(table, flat).clamp(1, last)
+    lo = hi - 1
+    w = ((flat - table[lo]) / (table[hi] - table[lo])).clamp(0, 1)
+    t = lo.to(torch.float64) + w
+    t = torch.where(flat <= table[0], torch.zeros_like(t), t)
+    t = torch.where(flat >= table[last], torch.full_like(t, float(last)), t)
+    return t.to(torch.float32).reshape(s.shape)
+
+
 def init_noise_sigma(config, sigmas):
     """diffusers Euler's ``init_noise_sigma`` for these ``sigmas``, as a Python float.
 
@@ -251,5 +273,5 @@ def init_noise_sigma(config, sigmas):
 
 __all__ = [
     "EULER_DEFAULTS", "SD15_SCHEDULER_CONFIG", "SPACINGS", "BETA_SCHEDULES", "SigmaError", "resolve_config",
-    "betas", "training_sigmas", "euler_timesteps", "euler_sigmas", "init_noise_sigma",
+    "betas", "training_sigmas", "euler_timesteps", "euler_sigmas", "sigma_to_timestep", "init_noise_sigma",
 ]

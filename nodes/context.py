@@ -134,6 +134,20 @@ def _hint_rows(total_hints, n_vis, n_frames, windows):
     return None
 
 
+class _ControlSampling:
+    """A ControlNet's model_sampling for one MuseV call: ComfyUI's, with MuseV's timesteps."""
+
+    def __init__(self, model_sampling, timesteps):
+        self._ms = model_sampling
+        self._timesteps = timesteps
+
+    def timestep(self, sigma):
+        return self._timesteps(sigma, self._ms.timestep(sigma).float())
+
+    def __getattr__(self, name):
+        return getattr(self._ms, name)
+
+
 def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
     to = model_options.get("transformer_options", {})
     run = to.get(RUN_KEY)
@@ -176,8 +190,15 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
                               vision_latents=vis if n_vis else None)
     sub_options["transformer_options"] = sub_to
 
-    swapped = []
+    swapped, sampling = [], []
     try:
+        timesteps = getattr(run, "timesteps", None)
+        for control in _control_chain(conds):
+            ms = getattr(control, "model_sampling_current", None)
+            if timesteps is not None and ms is not None and not isinstance(ms, _ControlSampling):
+                # the ControlNet gets the UNet's (MuseV's continuous) timestep too
+                sampling.append((control, ms))
+                control.model_sampling_current = _ControlSampling(ms, timesteps)
         for control in _control_chain(conds):
             hint = getattr(control, "cond_hint_original", None)
             if hint is None or not isinstance(hint, torch.Tensor) or hint.shape[0] == 1:
@@ -196,6 +217,8 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
         for control, hint, cached in swapped:
             control.cond_hint_original = hint
             control.cond_hint = None
+        for control, ms in sampling:
+            control.model_sampling_current = ms
 
     if not n_vis:
         return out

@@ -18,11 +18,13 @@ import weakref
 
 import torch
 
+import comfy.model_sampling
 import comfy.patcher_extension as pe
 from comfy.patcher_extension import PatcherInjection, WrappersMP
 
 from ..musev_core import keys as K
 from ..musev_core.layout import COND, UNCOND, CallLayout
+from ..musev_core import sigmas as S
 from ..musev_core.motion import CallContext
 from .host import MuseVInputError, block_channels, host_attention, is_resblock, is_spatial_transformer
 
@@ -79,6 +81,7 @@ class MuseVRun:
         self.cache = {}
         self.counters = {}
         self.vision = None
+        self.timesteps = None         # MuseVTimesteps of the model being sampled (or None)
 
     def count(self, name):
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -267,6 +270,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         for seg in layout.segments:
             x[seg.start:seg.start + seg.n_vis] = vis_latents.to(device=x.device, dtype=x.dtype)
     run = transformer_options.get(RUN_KEY)
+    timesteps = musev_timesteps(run, timesteps, transformer_options.get("sigmas"))
     ip = refer = None
     # What providers may read about this call: the latent size (reference images are prepared at the
     # video's size) and the per-row text context with its layout (the ReferenceNet's context without IP).
@@ -319,6 +323,67 @@ def _spatial_outer_norms(unet):
     return norms
 
 
+class MuseVTimesteps:
+    """sigma -> UNet timestep as MuseV's diffusers Euler pairs them (continuous, linear in sigma),
+    for a discrete-time model.  ComfyUI's ``ModelSamplingDiscrete.timestep`` snaps a sigma to the
+    nearest training step, which changes the UNet input whenever the schedule has fractional
+    timesteps (MuseV's default 30 linspace steps: 999·k/29).  Used only where it agrees with
+    ComfyUI's own snapping, i.e. exactly what ComfyUI would pass, made continuous."""
+
+    def __init__(self, model_sampling):
+        self.model_sampling = model_sampling
+        table = model_sampling.sigmas.detach().to("cpu", torch.float32)
+        musev = _diffusers_table(table.shape[0])
+        # SD1.5's schedule (ComfyUI computes it in float64, diffusers in float32: up to ~1e-4 apart at
+        # small sigmas): use diffusers' float32 table, whose interpolation made MuseV's sigmas, so
+        # its timesteps come back exactly.  Any other schedule (cosine, zsnr...) keeps ComfyUI's.
+        sd15 = (not getattr(model_sampling, "zsnr", False) and musev.shape == table.shape
+                and torch.allclose(table, musev, rtol=1e-3, atol=0))
+        self.table = musev if sd15 else table
+
+    @staticmethod
+    def for_model(patcher):
+        try:
+            ms = patcher.get_model_object("model_sampling")
+        except Exception:  # noqa: BLE001  (no model_sampling: nothing to do)
+            return None
+        discrete = comfy.model_sampling.ModelSamplingDiscrete
+        if not isinstance(ms, discrete) or type(ms).timestep is not discrete.timestep:
+            return None
+        sig = getattr(ms, "sigmas", None)
+        if not isinstance(sig, torch.Tensor) or sig.ndim != 1 or sig.shape[0] < 2:
+            return None
+        return MuseVTimesteps(ms)
+
+    def __call__(self, sigma, snapped):
+        """Continuous timesteps for ``sigma`` (repeated over CFG chunks to ``snapped``'s length), or
+        ``snapped`` unchanged when it is not ComfyUI's own snapping of these sigmas."""
+        if sigma is None or not isinstance(sigma, torch.Tensor) or snapped.ndim != 1 or sigma.ndim != 1:
+            return snapped
+        n, m = snapped.shape[0], sigma.shape[0]
+        if m == 0 or n % m:
+            return snapped
+        sig = sigma.repeat(n // m) if n != m else sigma
+        if not torch.equal(self.model_sampling.timestep(sig).to(snapped.device, snapped.dtype), snapped):
+            return snapped
+        return S.sigma_to_timestep(sig, self.table).to(device=snapped.device, dtype=snapped.dtype)
+
+
+_TABLES = {}
+
+
+def _diffusers_table(n):
+    if n not in _TABLES:
+        cfg = dict(S.SD15_SCHEDULER_CONFIG, num_train_timesteps=n)
+        _TABLES[n] = S.training_sigmas(cfg)
+    return _TABLES[n]
+
+
+def musev_timesteps(run, timesteps, sigma):
+    fn = getattr(run, "timesteps", None)
+    return timesteps if fn is None else fn(sigma, timesteps)
+
+
 def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
     guider = executor.class_obj
     to = guider.model_options.setdefault("transformer_options", {})
@@ -326,6 +391,8 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
     previous = to.get(RUN_KEY)
     run = to[RUN_KEY] = MuseVRun()
     try:
+        if state is not None:
+            run.timesteps = MuseVTimesteps.for_model(guider.model_patcher)
         if state is not None and state.vision is not None:
             run.vision = prepare_vision(guider.model_patcher, state.vision, noise)
         if state is not None and state.noise is not None and bool(torch.count_nonzero(noise)):

@@ -242,3 +242,31 @@ def test_training_sigmas_are_correctly_rounded():
     ac = torch.cumprod(1.0 - b, dim=0)
     ratio = ((1 - ac) / ac).numpy()
     assert np.array_equal(S.training_sigmas(S.SD15_SCHEDULER_CONFIG).numpy(), np.sqrt(ratio))
+
+
+# ------------------------------------------------------------------------------------------------
+# sigma -> UNet timestep (the inverse MuseV's Euler implies)
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+@pytest.mark.parametrize("steps", [2, 3, 7, 20, 25, 30, 50])
+def test_sigma_to_timestep_recovers_euler_timesteps(spacing, steps):
+    cfg = dict(S.SD15_SCHEDULER_CONFIG, timestep_spacing=spacing)
+    sigmas, timesteps = S.euler_sigmas(cfg, steps)
+    got = S.sigma_to_timestep(sigmas[:-1], S.training_sigmas(cfg))
+    assert got.dtype == torch.float32 and got.shape == timesteps.shape
+    # the sigma itself was rounded to float32: worth < 2e-5 of a timestep (a few float32 ulps)
+    assert (got - timesteps.float()).abs().max().item() <= 2e-5
+    if steps == 3 and spacing == "linspace":
+        assert got.tolist() == [999.0, 499.5, 0.0]           # a fractional MuseV timestep, exactly
+
+
+def test_sigma_to_timestep_table_values_clamps_and_shapes():
+    table = S.training_sigmas(S.SD15_SCHEDULER_CONFIG)
+    idx = torch.tensor([0, 1, 2, 500, 998, 999])
+    assert S.sigma_to_timestep(table[idx], table).tolist() == idx.float().tolist()
+    assert S.sigma_to_timestep(torch.tensor([0.0, 1e-6, 1e6]), table).tolist() == [0.0, 0.0, 999.0]
+    mid = (table[10] + table[11]) / 2
+    assert abs(float(S.sigma_to_timestep(mid, table)) - 10.5) < 1e-3
+    assert S.sigma_to_timestep(table[torch.tensor([[3, 4], [5, 6]])], table).shape == (2, 2)
+    with pytest.raises(S.SigmaError, match="at least 2"):
+        S.sigma_to_timestep(torch.tensor([1.0]), torch.tensor([1.0]))

@@ -32,12 +32,14 @@ class Spy:
     def __init__(self, control_model):
         self.inner = control_model
         self.seen = []
+        self.timesteps = []
 
     def __getattr__(self, name):          # dtype, device... of the wrapped cldm model
         return getattr(self.inner, name)
 
     def __call__(self, x, hint, timesteps, context, **kw):
         self.seen.append((x.detach().clone(), hint.detach().clone()))
+        self.timesteps.append(timesteps.detach().clone())
         return self.inner(x=x, hint=hint, timesteps=timesteps, context=context, **kw)
 
 
@@ -76,6 +78,49 @@ def test_controlnet_sees_window_slices(comfy_host, parity_dir, musev):
         rows = x.reshape(k, len(per_chunk), *x.shape[1:])
         for c in range(k):   # the ControlNet's input: the clean vision latent in front of the window
             assert (rows[c, :n_vis] - vis_model).abs().max().item() <= 1e-5
+
+
+def test_unet_and_controlnet_get_musevs_fractional_timesteps(comfy_host, parity_dir, musev):
+    """MuseV's Euler pairs sigma with a continuous timestep (3 linspace steps: 999, 499.5, 0); ComfyUI
+    snaps to the nearest training step (500).  Patched MuseV models get MuseV's, in the UNet and in
+    the ControlNet; a plain MODEL keeps ComfyUI's."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy.patcher_extension import WrappersMP
+    model, pos, neg, vision, _, _ = musev
+    S = comfy_host.pack("musev_core.sigmas")
+    ctx = comfy_host.pack("nodes.context")
+    sigmas, want = S.euler_sigmas(S.SD15_SCHEDULER_CONFIG, 3)
+    assert want.tolist() == [999.0, 499.5, 0.0]
+    h, w = vision.shape[2] * 8, vision.shape[3] * 8
+
+    def run(m, with_cnet):
+        seen = []
+
+        def record(executor, x, timesteps, *args, **kwargs):
+            seen.append(sorted(set(timesteps.tolist())))
+            return executor(x, timesteps, *args, **kwargs)
+        m = m.clone()
+        m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "test_record_timesteps", record)
+        p, n, spy = pos, neg, None
+        if with_cnet:
+            cnet = tiny_controlnet(parity_dir).copy().set_cond_hint(torch.rand(1, 3, h, w), 1.0, (0.0, 1.0))
+            spy = cnet.control_model = Spy(cnet.control_model)
+            p, n = with_control(pos, cnet), with_control(neg, cnet)
+        latent = torch.zeros(5, *vision.shape[1:])
+        comfy.sample.sample_custom(m, comfy.sample.prepare_noise(latent, 0), 3.5, comfy.samplers.sampler_object("euler"),
+                                   sigmas, p, n, latent, disable_pbar=True, seed=0)
+        return seen, spy
+
+    seen, spy = run(ctx.apply_parallel_denoise(model, vision=vision, context_frames=4, context_overlap=2), True)
+    assert seen and all(len(s) == 1 for s in seen)
+    assert [s[0] for s in seen[::2]] == [999.0, 499.5, 0.0]          # 2 windows per step, in order
+    assert [s[0] for s in seen[1::2]] == [999.0, 499.5, 0.0]
+    assert [sorted(set(ts.tolist())) for ts in spy.timesteps] == [[t] for t in (999.0, 999.0, 499.5, 499.5, 0.0, 0.0)]
+
+    # what ComfyUI itself passes for that sigma (and still passes to models without MuseV)
+    ms = model.get_model_object("model_sampling")
+    assert ms.timestep(sigmas[1:2]).tolist() == [500]
 
 
 def test_bad_hint_count(comfy_host, parity_dir, musev):
