@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import parity_root
+from conftest import PACK_DIR, parity_root
 from musev_testlib import comfy_unet_config, fixture_musev_model, load_tensors, make_sd15_model, read_json
 
 UNET_FOLDERS = ("unet3d_musev", "unet3d_musev_referencenet", "unet3d_musev_referencenet_pose")
@@ -84,10 +84,16 @@ def _load_fixture(host, parity_dir, folder):
 
 
 def _released_keys():
-    root = os.path.join(os.path.dirname(parity_root()), "released_keys")
-    if not os.path.isdir(root):
-        pytest.fail(f"released key lists not found at {root!r} (shared/fixtures/released_keys)")
-    return root
+    """shared/fixtures/released_keys: MUSEV_RELEASED_KEYS, else beside the parity fixture folder,
+    else beside the checkout (a MUSEV_PARITY_FIXTURES set elsewhere need not carry a copy)."""
+    candidates = [os.environ.get("MUSEV_RELEASED_KEYS"),
+                  os.path.join(os.path.dirname(parity_root()), "released_keys"),
+                  os.path.join(os.path.dirname(PACK_DIR), "shared", "fixtures", "released_keys")]
+    for root in candidates:
+        if root and os.path.isdir(root):
+            return root
+    pytest.fail(f"released key lists not found (tried {[c for c in candidates if c]}): set MUSEV_RELEASED_KEYS "
+                "to shared/fixtures/released_keys")
 
 
 @pytest.mark.parametrize("tsv,variant", [("musev_keys_unet_musev.tsv", "musev"),
