@@ -35,6 +35,7 @@ CALL_KEY = "musev_call"        # per UNet call CallContext
 RUN_KEY = "musev_run"          # per sampling run cache (MuseVRun)
 WINDOW_KEY = "musev_window"    # per window layout announced by whoever prepends vision frames
 ROLE_COND_KEY = "musev_role"   # optional model-cond tagging each chunk's guidance role
+SCALED_KEY = "musev_scaled_input"   # the UNet input scaled as MuseV's scheduler scales it (APPLY_MODEL -> DIFFUSION_MODEL)
 INPUT_KEY = "musev_input"      # while providers resolve: {"x_shape", "context", "layout"} of this UNet call
 
 
@@ -257,10 +258,39 @@ def build_layout(x, transformer_options, kwargs):
     return CallLayout.build(rows, roles, segments)
 
 
+def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                        **kwargs):
+    """MuseV's scheduler scales the UNet input by ``1 / float32(sqrt(sigma² + 1))`` with the root
+    taken in double precision; ComfyUI's ``calculate_input`` takes it in float32, one ulp away for
+    many sigmas.  The input scaled MuseV's way goes to the DIFFUSION_MODEL wrapper, which uses it
+    when it is that same input to within rounding (EPS / v-prediction models)."""
+    ms = getattr(executor.class_obj, "model_sampling", None)
+    if (transformer_options.get(STATE_KEY) is not None and c_concat is None and isinstance(ms, comfy.model_sampling.EPS)
+            and type(ms).calculate_input is comfy.model_sampling.EPS.calculate_input
+            and isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == x.shape[0] and x.is_floating_point()):
+        scale = torch.sqrt(t.detach().to(torch.float64) ** 2 + float(ms.sigma_data) ** 2).to(x.dtype)
+        transformer_options[SCALED_KEY] = x / scale.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    try:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    finally:
+        transformer_options.pop(SCALED_KEY, None)
+
+
+def _musev_scaled_input(x, transformer_options):
+    xs = transformer_options.pop(SCALED_KEY, None)
+    if xs is None or xs.shape != x.shape or xs.dtype != x.dtype or xs.device != x.device:
+        return x
+    # ComfyUI's float32 root is at most an ulp or two off: anything else is not this input
+    if not torch.allclose(xs, x, rtol=1e-6, atol=0):
+        return x
+    return xs
+
+
 def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
     state = transformer_options.get(STATE_KEY)
     if state is None:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    x = _musev_scaled_input(x, transformer_options)
     layout = build_layout(x, transformer_options, kwargs)
     window = transformer_options.get(WINDOW_KEY) or {}
     vis_latents = window.get("vision_latents")
@@ -499,6 +529,7 @@ def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, nod
             raise MuseVInputError(f"{node}: another node (IPAdapter?) already replaced attn2 at {key}; "
                                   "MuseV brings its own IP-Adapter: remove the other one or apply it after MuseV")
         m.set_model_attn2_replace(IPAttn2(prefix), key[0], key[1], key[2])
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, STATE_KEY, apply_model_wrapper)
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, STATE_KEY, diffusion_model_wrapper)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, STATE_KEY, outer_sample_wrapper)
     set_state(m, MuseVState(motion_patcher=motion_patcher, source=source, frame_rate=float(frame_rate),

@@ -123,6 +123,44 @@ def test_unet_and_controlnet_get_musevs_fractional_timesteps(comfy_host, parity_
     assert ms.timestep(sigmas[1:2]).tolist() == [500]
 
 
+def test_unet_input_is_scaled_as_musevs_scheduler_scales_it(comfy_host, musev):
+    """MuseV divides by float32(sqrt(sigma² + 1)) taken in double precision; ComfyUI's float32 root is
+    an ulp off for many sigmas.  The UNet of a MuseV model gets MuseV's input, bit for bit."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy.patcher_extension import WrappersMP
+    model, pos, neg, vision, _, _ = musev
+    S = comfy_host.pack("musev_core.sigmas")
+    ctx = comfy_host.pack("nodes.context")
+    frames = 5
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(frames, *vision.shape[1:], generator=gen) * 100      # a LATENT (VAE space)
+    x_in = model.model.process_latent_in(start)                                 # what the sampler denoises
+    ms = model.get_model_object("model_sampling")
+
+    def musev_scaled(x, sigma):
+        return x / torch.sqrt(sigma.double() ** 2 + 1).float()
+
+    # a sigma of MuseV's schedule where ComfyUI's own scaling differs (so the test can fail)
+    sigma = next(s for s in S.euler_sigmas(S.SD15_SCHEDULER_CONFIG, 30)[0][:-1]
+                 if not torch.equal(ms.calculate_input(s.reshape(1), x_in), musev_scaled(x_in, s)))
+    seen = []
+
+    def record(executor, x, *args, **kwargs):
+        seen.append(x.detach().clone())
+        return executor(x, *args, **kwargs)
+    m = ctx.apply_parallel_denoise(model, vision=vision, context_frames=8, context_overlap=2).clone()
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "test_record_input", record)
+    comfy.sample.sample_custom(m, torch.zeros_like(start), 3.5, comfy.samplers.sampler_object("euler"),
+                               torch.stack([sigma, torch.tensor(0.0)]), pos, neg, start, disable_pbar=True, seed=0)
+    (x,) = seen
+    n_vis = vision.shape[0]
+    rows = x.reshape(2, n_vis + frames, *x.shape[1:])          # [cond; uncond] chunks of one window
+    for chunk in rows:
+        assert torch.equal(chunk[n_vis:], musev_scaled(x_in, sigma))
+        assert not torch.equal(chunk[n_vis:], ms.calculate_input(sigma.reshape(1), x_in))
+
+
 def test_bad_hint_count(comfy_host, parity_dir, musev):
     import comfy.sample
     model, pos, neg, vision, _, _ = musev
