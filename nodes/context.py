@@ -142,7 +142,8 @@ class _ControlSampling:
         self._timesteps = timesteps
 
     def timestep(self, sigma):
-        return self._timesteps(sigma, self._ms.timestep(sigma).float())
+        # replaces ComfyUI's snapping itself, so no check against it is needed
+        return self._timesteps.continuous(sigma)
 
     def __getattr__(self, name):
         return getattr(self._ms, name)
@@ -199,7 +200,6 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
                 # the ControlNet gets the UNet's (MuseV's continuous) timestep too
                 sampling.append((control, ms))
                 control.model_sampling_current = _ControlSampling(ms, timesteps)
-        for control in _control_chain(conds):
             hint = getattr(control, "cond_hint_original", None)
             if hint is None or not isinstance(hint, torch.Tensor) or hint.shape[0] == 1:
                 continue

@@ -12,6 +12,7 @@ Everything lives on a ``model.clone()``:
   ``nn.Module`` of the base MODEL is exactly as before after success, error or interrupt.
 """
 import dataclasses
+import functools
 import logging
 import math
 import weakref
@@ -396,17 +397,16 @@ class MuseVTimesteps:
         sig = sigma.repeat(n // m) if n != m else sigma
         if not torch.equal(self.model_sampling.timestep(sig).to(snapped.device, snapped.dtype), snapped):
             return snapped
-        return S.sigma_to_timestep(sig, self.table).to(device=snapped.device, dtype=snapped.dtype)
+        return self.continuous(sig).to(device=snapped.device, dtype=snapped.dtype)
+
+    def continuous(self, sigma):
+        """MuseV's timesteps for ``sigma`` (float32, on ``sigma``'s device)."""
+        return S.sigma_to_timestep(sigma, self.table).to(sigma.device)
 
 
-_TABLES = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _diffusers_table(n):
-    if n not in _TABLES:
-        cfg = dict(S.SD15_SCHEDULER_CONFIG, num_train_timesteps=n)
-        _TABLES[n] = S.training_sigmas(cfg)
-    return _TABLES[n]
+    return S.training_sigmas(dict(S.SD15_SCHEDULER_CONFIG, num_train_timesteps=n))
 
 
 def musev_timesteps(run, timesteps, sigma):
