@@ -16,11 +16,12 @@ import logging
 import torch
 
 import comfy.model_management
-from comfy.context_windows import ContextHandlerABC, IndexListContextWindow
+from comfy.context_windows import ContextHandlerABC
 
 from ..musev_core import windows as W
+from . import compat
 from .host import MuseVInputError
-from .patch import RUN_KEY, WINDOW_KEY
+from .patch import RUN_KEY, STATE_KEY, WINDOW_KEY
 
 log = logging.getLogger("comfyui-musev")
 
@@ -36,6 +37,9 @@ class MuseVContextHandler(ContextHandlerABC):
         self.context_overlap = int(context_overlap)
         self.context_batch_size = int(context_batch_size)
         self.context_stride = int(context_stride)
+        # what ComfyUI's own handler exposes and other code may read
+        self.context_length = self.context_frames
+        self.dim = 0
 
     def __deepcopy__(self, memo):
         return self
@@ -45,6 +49,11 @@ class MuseVContextHandler(ContextHandlerABC):
 
     def groups(self, n_frames):
         return W.batch_windows(self.windows(n_frames), self.context_batch_size)
+
+    def call_rows(self, n_frames, n_vis=0):
+        """Latent rows of the largest UNet call per guidance chunk: one window group, each window with
+        the vision frame(s) in front.  The same for every video length once it exceeds one group."""
+        return max(sum(len(w) + n_vis for w in group) for group in self.groups(max(1, int(n_frames))))
 
     # ContextHandlerABC ------------------------------------------------------------------------
     def should_use_context(self, model, conds, x_in, timestep, model_options):
@@ -85,7 +94,7 @@ class MuseVContextHandler(ContextHandlerABC):
         for group in groups:
             comfy.model_management.throw_exception_if_processing_interrupted()
             flat = [f for w in group for f in w]
-            window = IndexListContextWindow(flat, dim=0)
+            window = compat.context_window(flat, total_frames=n, context_overlap=self.context_overlap)
             sub_options = model_options.copy()
             sub_to = dict(to)
             sub_to["context_window"] = window
@@ -107,6 +116,23 @@ class MuseVContextHandler(ContextHandlerABC):
             raise RuntimeError(f"MuseV windows left frames uncovered: {torch.nonzero(counts == 0).flatten().tolist()}")
         shape = (n,) + (1,) * (x_in.ndim - 1)
         return [o / counts.view(shape) for o in outs]
+
+
+# ------------------------------------------------------------------------------------------------
+# PREPARE_SAMPLING: memory for one window group, not the whole video
+
+def prepare_sampling_wrapper(executor, model, noise_shape, conds, *args, **kwargs):
+    """ComfyUI sizes the memory it frees before sampling from the noise shape; with MuseV's windows
+    one UNet call only ever sees one window group (plus the vision frame(s) of every window), so
+    the estimate is for that many rows whatever the video's length (as core's context windows do)."""
+    model_options = kwargs.get("model_options")
+    handler = (model_options or {}).get("context_handler")
+    if isinstance(handler, MuseVContextHandler) and len(noise_shape) == 4:
+        state = model_options.get("transformer_options", {}).get(STATE_KEY)
+        vision = getattr(state, "vision", None)
+        n_vis = 0 if vision is None else int(vision.shape[0])
+        noise_shape = [handler.call_rows(noise_shape[0], n_vis)] + list(noise_shape[1:])
+    return executor(model, noise_shape, conds, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,7 +265,7 @@ def apply_parallel_denoise(model, *, vision=None, schedule="uniform_v2", context
     """Clone of a MuseV MODEL with the context handler, the vision-frame wrapper, the condition
     frame(s) (raw VAE-space latents, (n_vis, C, h, w)) and the noise settings."""
     from comfy.patcher_extension import WrappersMP
-    from .patch import STATE_KEY, get_state, set_state
+    from .patch import get_state, set_state
 
     state = get_state(model, node)
     try:
@@ -264,5 +290,6 @@ def apply_parallel_denoise(model, *, vision=None, schedule="uniform_v2", context
     m.model_options["context_handler"] = MuseVContextHandler(schedule, context_frames, context_overlap,
                                                              context_batch_size)
     m.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, STATE_KEY, calc_cond_batch_wrapper)
+    m.add_wrapper_with_key(WrappersMP.PREPARE_SAMPLING, STATE_KEY, prepare_sampling_wrapper)
     set_state(m, state.replace(vision=None if vision is None else vision.detach().float().cpu(), noise=noise))
     return m

@@ -135,7 +135,8 @@ def main():
     ok, err, outputs, node_errors = asyncio.run(execution.validate_prompt("demo", p, None))
     if not ok:
         sys.exit(f"demo: invalid prompt: {err} {node_errors}")
-    ex = execution.PromptExecutor(srv, cache_type=execution.CacheType.CLASSIC)
+    compat = sys.modules[PACK_DIR.replace(".", "_x_") + ".nodes.compat"]   # the pack, as ComfyUI loaded it
+    ex = compat.prompt_executor(srv)
     ex.execute(p, "demo", {}, outputs)
     if not ex.success:
         for kind, data in ex.status_messages:

@@ -140,7 +140,7 @@ class HostHandle:
             if expect_success:
                 raise AssertionError(f"prompt invalid: {err} {node_errors}")
             return None, {"validation": (err, node_errors)}
-        ex = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        ex = self.pack("nodes.compat").prompt_executor(self.server)
         ex.execute(prompt, prompt_id, {}, outputs)
         if expect_success:
             assert ex.success, ex.status_messages

@@ -1,0 +1,131 @@
+"""Every difference between the ComfyUI versions this pack supports, in one place.
+
+Supported: ComfyUI 0.3.64 (October 2025) to 0.28.x (July 2026) and, as far as the features below
+stay, later releases.  Differences are found by *feature detection* (signatures, attributes), never
+by comparing version numbers, so that a release in between or after costs at most one new branch
+here.  Nothing else in the pack looks at the host's version.
+
+What differs, and where it is handled:
+
+* ``IndexListContextWindow`` gained ``total_frames`` / ``context_overlap`` (0.28 divides by
+  ``total_frames``): :func:`context_window`.
+* ``execution.PromptExecutor`` reads ``cache_args["ram"]`` for its RAM-pressure cache (0.28):
+  :func:`prompt_executor` (in-process runs: tests and ``scripts/demo.py``).
+* Multi-GPU work units (0.28, ``comfy/multigpu.py``): :func:`has_multigpu`.
+* Per-input ``advanced`` flag for V1 nodes (0.28 frontend folds them away): :func:`advanced`.
+* ``ModelPatcher.cached_patcher_init`` (0.28: how deep clones rebuild a model on another device):
+  :func:`set_reload_factory`.
+"""
+import inspect
+import logging
+
+MIN_COMFYUI = "0.3.64"
+log = logging.getLogger("comfyui-musev")
+
+
+def comfyui_version():
+    """The host's version string (``comfyui_version.__version__``), or ``"unknown"``."""
+    try:
+        import comfyui_version
+        return str(comfyui_version.__version__)
+    except Exception:  # noqa: BLE001  (very old trees have no version module)
+        return "unknown"
+
+
+def host_problems():
+    """What the pack needs from ComfyUI and this host lacks (empty = supported)."""
+    problems = []
+    try:
+        import comfy.patcher_extension as pe
+    except Exception as e:  # noqa: BLE001
+        return [f"comfy.patcher_extension cannot be imported ({e})"]
+    for name in ("DIFFUSION_MODEL", "APPLY_MODEL", "OUTER_SAMPLE", "CALC_COND_BATCH", "PREPARE_SAMPLING"):
+        if not hasattr(getattr(pe, "WrappersMP", None), name):
+            problems.append(f"model wrapper {name}")
+    if not hasattr(pe, "PatcherInjection"):
+        problems.append("PatcherInjection")
+    try:
+        import comfy.model_patcher as mp
+        for name in ("set_injections", "set_model_forward_timestep_embed_patch", "add_wrapper_with_key",
+                     "set_additional_models", "set_model_emb_patch"):
+            if not hasattr(mp.ModelPatcher, name):
+                problems.append(f"ModelPatcher.{name}")
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"comfy.model_patcher ({e})")
+    try:
+        import comfy.context_windows as cw
+        if not hasattr(cw, "ContextHandlerABC"):
+            problems.append("comfy.context_windows.ContextHandlerABC")
+    except Exception:  # noqa: BLE001
+        problems.append("comfy.context_windows")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# context windows
+
+def _accepts(fn, name):
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def context_window(index_list, total_frames, context_overlap=0):
+    """ComfyUI's ``IndexListContextWindow`` for ``index_list`` (dim 0), with ``total_frames`` and
+    ``context_overlap`` where the host's class takes them."""
+    from comfy.context_windows import IndexListContextWindow
+    kw = {"dim": 0}
+    init = IndexListContextWindow.__init__
+    if _accepts(init, "total_frames"):
+        kw["total_frames"] = max(1, int(total_frames))
+    if _accepts(init, "context_overlap"):
+        kw["context_overlap"] = int(context_overlap)
+    return IndexListContextWindow(list(index_list), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# execution
+
+def prompt_executor(server, cache_type=None):
+    """``execution.PromptExecutor`` as ``main.py`` builds it on this host (classic cache by default)."""
+    import execution
+    if cache_type is None:
+        cache_type = execution.CacheType.CLASSIC
+    kw = {"cache_type": cache_type}
+    if _accepts(execution.PromptExecutor.__init__, "cache_args"):
+        # 0.28 reads these keys unconditionally after each prompt (RAM-pressure bookkeeping)
+        kw["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(server, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# multi-GPU work units
+
+def has_multigpu():
+    """True when the host has ComfyUI's MultiGPU work units (``comfy.multigpu``)."""
+    try:
+        import comfy.multigpu  # noqa: F401
+        import comfy.model_patcher as mp
+    except Exception:  # noqa: BLE001
+        return False
+    return hasattr(mp.ModelPatcher, "deepclone_multigpu")
+
+
+def set_reload_factory(patcher, factory, args):
+    """Tell the host how to build this patcher again from scratch (0.28's ``cached_patcher_init``,
+    used by MultiGPU deep clones and dynamic-VRAM delegates).  A no-op on hosts without it."""
+    if hasattr(patcher, "cached_patcher_init"):
+        patcher.cached_patcher_init = (factory, tuple(args))
+    return patcher
+
+
+# ------------------------------------------------------------------------------------------------
+# node schemas
+
+def advanced(options):
+    """Input options marked as advanced (the 0.28 frontend folds such inputs away; older
+    frontends ignore the key and show them as usual)."""
+    out = dict(options)
+    out["advanced"] = True
+    return out
