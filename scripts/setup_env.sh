@@ -3,14 +3,18 @@
 # Source it:  source scripts/setup_env.sh   -> exports COMFYUI_PATH, COMFYUI_PYTHON, MUSEV_PY
 #
 #  * ComfyUI: $COMFYUI_PATH if it holds a ComfyUI tree, else the pack's enclosing ComfyUI tree
-#    (custom_nodes/<pack>), else the offline snapshot via ../shared/tools/comfyui-env.sh.
-#  * Python: a venv in .venv (MUSEV_VENV overrides) with ComfyUI's requirements, ours and the
-#    test tools (pytest, playwright as a driver for the system Chromium).
+#    (custom_nodes/<pack>), else an offline snapshot via ../shared/tools/comfyui-env.sh:
+#    COMFYUI_SNAPSHOT_ID=66655153 (ComfyUI 0.28.0, the default) or a125cd84 (0.3.64, the oldest
+#    supported).
+#  * Python: a venv (MUSEV_VENV overrides; default .venv for the default snapshot, .venv-<ID> for
+#    another) with ComfyUI's requirements, ours and the test tools (pytest, playwright as a driver
+#    for the system Chromium).
 #  * Chromium: Debian's `chromium` package (installed with apt-get when missing and we are root).
 _musev_setup() {
   local pack venv tools stamp want
   pack="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  venv="${MUSEV_VENV:-$pack/.venv}"
+  export COMFYUI_SNAPSHOT_ID="${COMFYUI_SNAPSHOT_ID:-66655153}"
+  if [ "$COMFYUI_SNAPSHOT_ID" = 66655153 ]; then venv="${MUSEV_VENV:-$pack/.venv}"; else venv="${MUSEV_VENV:-$pack/.venv-$COMFYUI_SNAPSHOT_ID}"; fi
   tools="$pack/../shared/tools/comfyui-env.sh"
   if [ -z "${COMFYUI_PATH:-}" ] && [ -f "$pack/../../nodes.py" ] && [ "$(basename "$(dirname "$pack")")" = custom_nodes ]; then
     export COMFYUI_PATH="$(cd "$pack/../.." && pwd)"

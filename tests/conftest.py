@@ -147,7 +147,30 @@ class HostHandle:
         return ex.history_result.get("outputs", {}) if ex.success else None, ex
 
 
+def _host_version():
+    path = find_comfyui_path()
+    if path is None:
+        return "no ComfyUI host"
+    try:
+        with open(os.path.join(path, "comfyui_version.py")) as f:
+            text = f.read()
+        version = text.split("__version__", 1)[1].split("=", 1)[1].strip().split()[0].strip("\"'")
+    except (OSError, IndexError):
+        version = "?"
+    return f"ComfyUI {version}"
+
+
 def pytest_terminal_summary(terminalreporter):
+    stats = terminalreporter.stats
+    counts = {k: len([r for r in stats.get(k, []) if getattr(r, "when", "call") in ("call", "setup")])
+              for k in ("passed", "skipped", "failed", "error")}
+    line = (f"[musev] {_host_version()}: {counts['passed']} passed, {counts['skipped']} skipped, "
+            f"{counts['failed']} failed, {counts['error']} errors")
+    terminalreporter.write_line(line, bold=True)
+    summary_file = os.environ.get("MUSEV_SUMMARY_FILE")
+    if summary_file:
+        with open(summary_file, "a") as f:
+            f.write(line + "\n")
     if _HOST_SKIP_NOTE:
         terminalreporter.write_line("!" * 100, red=True)
         for note in dict.fromkeys(_HOST_SKIP_NOTE):   # each distinct note once
