@@ -15,6 +15,9 @@ What differs, and where it is handled:
 * Per-input ``advanced`` flag for V1 nodes (0.28 frontend folds them away): :func:`advanced`.
 * ``ModelPatcher.cached_patcher_init`` (0.28: how deep clones rebuild a model on another device):
   :func:`set_reload_factory`.
+* Extra schedulers for KSampler / BasicScheduler: :func:`register_scheduler`.  (Both supported hosts
+  keep them in ``comfy.samplers.SCHEDULER_HANDLERS`` + ``SCHEDULER_NAMES`` = ``KSampler.SCHEDULERS``;
+  older trees had only a names list, which the function detects and reports.)
 """
 import inspect
 import logging
@@ -124,8 +127,41 @@ def set_reload_factory(patcher, factory, args):
 # node schemas
 
 def advanced(options):
-    """Input options marked as advanced (the 0.28 frontend folds such inputs away; older
-    frontends ignore the key and show them as usual)."""
+    """Input options marked as advanced.  A V1 node's options dict goes to ``/object_info`` as it is;
+    the frontend ComfyUI 0.28 ships (1.45) validates ``advanced`` as a boolean input option, copies it
+    onto the widget and hides such widgets until the node's "show advanced" toggle (or the setting
+    Comfy.Node.AlwaysShowAdvancedWidgets) is on; their values are still saved and queued.  Older
+    frontends ignore the key and show the inputs as usual."""
     out = dict(options)
     out["advanced"] = True
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# schedulers
+
+def register_scheduler(name, sigmas_fn):
+    """Offer ``name`` as a scheduler in KSampler, KSamplerAdvanced and BasicScheduler.
+
+    ``sigmas_fn(model_sampling, steps)`` returns the ``steps + 1`` sigmas (ending with 0).  The host's
+    handler table gets a ``SchedulerHandler`` and the name list the nodes read (``SCHEDULER_NAMES``,
+    the same list as ``KSampler.SCHEDULERS``) is extended in place, so node definitions that already
+    hold the list see it.  Idempotent.  Returns True when registered; False (logged) on a host
+    without a handler table."""
+    import comfy.samplers as cs
+    handlers = getattr(cs, "SCHEDULER_HANDLERS", None)
+    handler_cls = getattr(cs, "SchedulerHandler", None)
+    if not isinstance(handlers, dict) or handler_cls is None:
+        log.warning("[comfyui-musev] this ComfyUI has no scheduler table (comfy.samplers.SCHEDULER_HANDLERS): "
+                    "scheduler %r is available only in MuseV's own sampler", name)
+        return False
+    fields = getattr(handler_cls, "_fields", ())
+    handlers[name] = handler_cls(sigmas_fn, use_ms=True) if "use_ms" in fields else handler_cls(sigmas_fn)
+    lists = [getattr(cs, "SCHEDULER_NAMES", None), getattr(getattr(cs, "KSampler", None), "SCHEDULERS", None)]
+    seen = set()
+    for names in lists:
+        if isinstance(names, list) and id(names) not in seen:
+            seen.add(id(names))
+            if name not in names:
+                names.append(name)
+    return True

@@ -13,6 +13,7 @@ import latent_preview
 
 from ..musev_core import sigmas as S
 from ..musev_core import windows as W
+from . import compat
 from .context import PROGRESS_KEY, apply_parallel_denoise
 from .host import MuseVInputError
 from .patch import NoiseSettings, get_state
@@ -23,6 +24,28 @@ CATEGORY = "MuseV"
 SCHEDULES = ["uniform_v2", "uniform_looped"]
 NOISE_TYPES = ["video_fusion", "random"]
 MUSEV_SCHEDULER = "musev_linspace"
+# Expert knobs: shown under "advanced inputs" where the frontend folds them (ComfyUI 0.28's).
+ADVANCED_INPUTS = ("context_batch_size", "context_stride", "noise_type", "w_ind_noise", "img_weight")
+
+
+def mark_advanced(inputs):
+    """``inputs`` with the expert knobs (:data:`ADVANCED_INPUTS`) flagged as advanced."""
+    return {name: (spec[0], compat.advanced(spec[1])) if name in ADVANCED_INPUTS and len(spec) > 1 else spec
+            for name, spec in inputs.items()}
+
+
+def musev_linspace_sigmas(model_sampling, steps):
+    """The ``musev_linspace`` scheduler for KSampler / BasicScheduler: MuseV's Euler sigmas (diffusers'
+    linspace spacing on SD1.5's scaled-linear betas), exactly ``musev_core.sigmas.euler_sigmas``.
+    MuseV is SD1.5-only, so the table is SD1.5's whatever ``model_sampling`` says."""
+    sigmas, _ = S.euler_sigmas(S.SD15_SCHEDULER_CONFIG, int(steps))
+    top = float(getattr(model_sampling, "sigma_max", sigmas[0]))
+    if abs(top - float(sigmas[0])) > 1e-3 * float(sigmas[0]):
+        log.warning("%s: this model's sigma range (max %.4g) is not SD1.5's (%.4g): the MuseV schedule is meant "
+                    "for SD1.5 models", MUSEV_SCHEDULER, top, float(sigmas[0]))
+    return sigmas
+
+
 
 
 def context_inputs():
@@ -73,8 +96,8 @@ class ParallelDenoiseSampler:
             "height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip":
                 "Video height in pixels (see width)."}),
         }
-        req.update(context_inputs())
-        req.update(noise_inputs())
+        req.update(mark_advanced(context_inputs()))
+        req.update(mark_advanced(noise_inputs()))
         req.update({
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
                              "tooltip": "Noise seed."}),
@@ -83,7 +106,7 @@ class ParallelDenoiseSampler:
                 "Guidance scale (MuseV's video_guidance_scale: 3.5)."}),
             "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip":
                 "Sampler (MuseV: euler)."}),
-            "scheduler": ([MUSEV_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS), {
+            "scheduler": ([MUSEV_SCHEDULER] + [s for s in comfy.samplers.KSampler.SCHEDULERS if s != MUSEV_SCHEDULER], {
                 "default": MUSEV_SCHEDULER, "tooltip":
                 "musev_linspace reproduces MuseV's Euler sigmas exactly (diffusers linspace); 'normal' is within 1e-5."}),
             "include_condition_frames": ("BOOLEAN", {"default": True, "tooltip":
@@ -161,8 +184,8 @@ class MuseVContextWindows:
     @classmethod
     def INPUT_TYPES(cls):
         req = {"model": ("MODEL", {"tooltip": "A MODEL with MuseV installed (LoadMuseVMotion)."})}
-        req.update(context_inputs())
-        req.update(noise_inputs())
+        req.update(mark_advanced(context_inputs()))
+        req.update(mark_advanced(noise_inputs()))
         return {
             "required": req,
             "optional": {
@@ -173,6 +196,8 @@ class MuseVContextWindows:
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The MODEL with MuseV's context windows (a clone; the input MODEL is untouched): sample it "
+                       "with KSampler / SamplerCustom (scheduler musev_linspace = MuseV's sigmas).",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
@@ -201,6 +226,7 @@ class MuseVShotCondition:
 
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("vision_latent",)
+    OUTPUT_TOOLTIPS = ("The last condition_frames latent frame(s) of the shot: the next shot's vision_latent.",)
     FUNCTION = "take"
     CATEGORY = CATEGORY
 
@@ -228,6 +254,7 @@ class MuseVJoinShots:
 
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The joined video latents: video, then next_shot without its leading condition frame(s).",)
     FUNCTION = "join"
     CATEGORY = CATEGORY
 
@@ -338,3 +365,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {"ParallelDenoiseSampler": "MuseV Parallel Denoise 
                               "MuseVContextWindows": "MuseV Context Windows (for any sampler)",
                               "MuseVShotCondition": "MuseV Shot Condition (last frames)",
                               "MuseVJoinShots": "MuseV Join Shots"}
+
+compat.register_scheduler(MUSEV_SCHEDULER, musev_linspace_sigmas)
