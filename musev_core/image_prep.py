@@ -1,28 +1,37 @@
-"""MuseV's image preparation rules on tensors (spec §3, §5.1).  Pure torch.
+"""MuseV's image preparation rules (spec §3, §5.1), done by the libraries MuseV itself used.
 
-Images here are ComfyUI-style ``(n, H, W, C)`` floats in [0, 1] unless a function says otherwise.
+Images here are ComfyUI-style ``(n, H, W, C)`` float tensors in [0, 1]; results come back on the
+input's device and dtype.  This module uses Pillow and transformers (both already required by the
+pack: ComfyUI ships Pillow, transformers is a runtime dependency) and imports them lazily.
 
 Reference / IP images in MuseV (MMCM ``dynamic_crop_resize_image``):
   1. centre-crop to the target aspect: keep the full height when the image is relatively wider than
      the target, else the full width; the box is computed with ``ceil`` and clamped to
      ``x2 <= w - 1``, ``y2 <= h - 1`` with PIL's exclusive right/bottom edge, so the last column and
-     row are always dropped (:func:`crop_box_to_aspect` reproduces this exactly);
-  2. PIL LANCZOS resize to the target W×H, 8-bit result (:func:`resize`: PIL's separable filter,
-     horizontal pass first, each pass rounded to 8 bits; within one 8-bit level of PIL, whose
-     coefficients are fixed-point).
+     row are always dropped.  :func:`crop_box_to_aspect` is MMCM's arithmetic written out, kept
+     only for MuseV parity (no library has this box, quirk included);
+  2. PIL's LANCZOS resize of the 8-bit image to the target W×H (:func:`crop_resize_to` calls Pillow
+     itself, so the pixels are MuseV's by construction).
 
-CLIP preprocessing (transformers ``CLIPImageProcessor()`` defaults, used by MMCM's
-``ImageClipVisionFeatureExtractor``; :func:`clip_preprocess`): resize the shortest side to 224 with
-bicubic (PIL, antialiased), the long side to ``int(224 · long / short)``, centre-crop 224×224 with
-``(size - 224) // 2`` offsets, ×1/255 of the 8-bit image, normalise with the OpenAI CLIP mean/std.
+Pass order: Pillow resizes in two separable passes with an 8-bit image in between.  Up to 12.x it
+always ran the horizontal pass first (MuseV's Pillow 10); Pillow 13 runs the vertical pass first when
+that intermediate is smaller, which moves 8-bit roundings (up to ~25 levels on noise, at a few
+shapes such as 332×703 -> 224×474).  :func:`pil_resize` therefore asks Pillow for the two passes one
+at a time, horizontal first: MuseV's pixels on every Pillow version.
 
-ComfyUI's own ``comfy.clip_vision.clip_preprocess(crop=True)`` is the same recipe except that it rounds
-the long side (``round`` instead of ``int``: the square can sit one pixel further), resizes with
-torch's antialiased bicubic (PIL's kernel, a = -0.5), and quantises to 8 bits *after* the resize too;
-the pixel values agree within one 8-bit level.
+CLIP preprocessing (:func:`clip_preprocess`): transformers' ``CLIPImageProcessor`` with PIL
+resampling (``CLIPImageProcessorPil`` in transformers 5, ``CLIPImageProcessor`` before), the
+processor MMCM's ``ImageClipVisionFeatureExtractor`` used: shortest side to 224 (bicubic), the long
+side ``int(224 · long / short)``, centre crop 224×224, ×1/255 of the 8-bit image, OpenAI CLIP
+mean/std.  The resize step is done by :func:`pil_resize` (same size rule, MuseV's pass order, see
+above) and the processor does the rest (``do_resize=False``).  ComfyUI's own ``comfy.clip_vision.clip_preprocess(crop=True)`` differs slightly: it
+rounds the long side (the square can sit one pixel further) and resizes with torch's antialiased
+bicubic, within one 8-bit level.
 """
+import functools
 import math
 
+import numpy as np
 import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,83 +51,11 @@ def crop_box_to_aspect(width, height, target_width, target_height):
         x1, x2 = 0, width - 1
         cut = height - width * target_height / target_width
         y1, y2 = math.ceil(cut / 2), math.ceil(height - cut / 2)
-    return max(0, x1), max(0, y1), min(x2, width - 1), min(y2, height - 1)
-
-
-def _lanczos3(x):
-    x = x.abs()
-    out = torch.sinc(x) * torch.sinc(x / 3.0)
-    return torch.where(x < 3.0, out, torch.zeros_like(out))
-
-
-def _bicubic(x, a=-0.5):
-    x = x.abs()
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
-
-
-_FILTERS = {"lanczos": (_lanczos3, 3.0), "bicubic": (_bicubic, 2.0)}
-
-
-def resample_taps(in_size, out_size, kind="lanczos", dtype=torch.float64):
-    """PIL's separable resampling weights (``precompute_coeffs``): for each output pixel its first
-    input index and ``k`` weights normalised to 1, antialiased (the kernel widens by the downscale
-    factor).  Returns ``(start (out,) long, weights (out, k))``; taps past the edge weigh 0."""
-    fn, support = _FILTERS[kind]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = support * filterscale
-    centers = (torch.arange(out_size, dtype=dtype) + 0.5) * scale
-    xmin = torch.clamp((centers - support + 0.5).floor(), min=0)
-    xmax = torch.clamp((centers + support + 0.5).floor(), max=in_size)
-    k = max(1, int((xmax - xmin).max().item()))
-    pos = xmin[:, None] + torch.arange(k, dtype=dtype)[None, :]
-    w = fn((pos - centers[:, None] + 0.5) / filterscale) * (pos < xmax[:, None])
-    total = w.sum(dim=1, keepdim=True)
-    return xmin.long(), w / torch.where(total == 0, torch.ones_like(total), total)
-
-
-def resample_matrix(in_size, out_size, kind="lanczos", dtype=torch.float64):
-    """The same weights as a dense ``(out_size, in_size)`` matrix."""
-    start, w = resample_taps(in_size, out_size, kind, dtype)
-    idx = (start[:, None] + torch.arange(w.shape[1])[None, :]).clamp(max=in_size - 1)
-    return torch.zeros(out_size, in_size, dtype=dtype).scatter_add_(1, idx, w)
-
-
-DENSE_LIMIT = 1 << 24      # resample with one dense matrix (BLAS) up to this many weights, else tap by tap
-
-
-def _resample_rows(x, out_size, kind):
-    """Resample dimension -2 of float32 ``x`` with PIL's weights."""
-    in_size = x.shape[-2]
-    if in_size * out_size <= DENSE_LIMIT:
-        m = resample_matrix(in_size, out_size, kind).to(device=x.device, dtype=torch.float32)
-        return torch.matmul(m, x)
-    start, w = resample_taps(in_size, out_size, kind)          # huge images: memory ~ the output
-    start, w = start.to(x.device), w.to(device=x.device, dtype=torch.float32)
-    x = x.contiguous()
-    out = torch.zeros(*x.shape[:-2], out_size, x.shape[-1], device=x.device, dtype=torch.float32)
-    for j in range(w.shape[1]):
-        out += x.index_select(-2, (start + j).clamp(max=in_size - 1)) * w[:, j, None]
-    return out
-
-
-def resize(images, height, width, kind="lanczos", eight_bit=False):
-    """Separable PIL-style resize of ``(n, C, H, W)`` floats, horizontal pass first as in Pillow's
-    Resample.c.  ``eight_bit``: behave like PIL on an 8-bit image (each pass rounded and clipped to
-    [0, 1] in 1/255 steps); otherwise plain float maths (no clamping)."""
-    n, c, h, w = images.shape
-    out = images.float()
-    if w != width:
-        out = _resample_rows(out.transpose(-1, -2), width, kind).transpose(-1, -2)
-        if eight_bit:
-            out = quantize8(out)
-    if h != height:
-        out = _resample_rows(out, height, kind)
-        if eight_bit:
-            out = quantize8(out)
-    return out.to(images.dtype)
+    x1, y1 = min(max(0, x1), width - 1), min(max(0, y1), height - 1)
+    x2, y2 = min(x2, width - 1), min(y2, height - 1)
+    # never an empty box: MMCM's "- 1" (its last row/column is always cut) would leave nothing of an image
+    # one pixel high or wide, or of an extreme aspect; keep at least one pixel each way
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 
 def quantize8(images):
@@ -126,14 +63,52 @@ def quantize8(images):
     return torch.clamp((images * 255.0).round(), 0, 255) / 255.0
 
 
+def to_pil(image):
+    """One ``(H, W, C)`` float image in [0, 1] -> an 8-bit RGB ``PIL.Image`` (round to nearest)."""
+    from PIL import Image
+    pixels = image[..., :3].detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def _from_pil(img, like):
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).to(device=like.device, dtype=like.dtype)
+
+
+def pil_resize(img, width, height, resample):
+    """Pillow's resize of ``img`` to ``width×height``, horizontal pass first (see the module docstring:
+    the order MuseV's Pillow used, made explicit because Pillow 13 may run the vertical pass first)."""
+    if img.size[0] != width:
+        img = img.resize((width, img.size[1]), resample)
+    if img.size[1] != height:
+        img = img.resize((width, height), resample)
+    return img
+
+
+def _resize_float(image, box, width, height):
+    """PIL LANCZOS on 32-bit float channels (mode 'F'): the same filter without 8-bit rounding."""
+    from PIL import Image
+    x = image.detach().float().cpu().numpy()
+    chans = [pil_resize(Image.fromarray(np.ascontiguousarray(x[..., c]), "F").crop(box), width, height, Image.LANCZOS)
+             for c in range(x.shape[-1])]
+    out = np.stack([np.asarray(c, dtype=np.float32) for c in chans], -1)
+    return torch.from_numpy(out).to(device=image.device, dtype=image.dtype)
+
+
 def crop_resize_to(images, height, width, quantize=True):
-    """MuseV's reference-image rule: centre crop to the aspect of ``width×height`` then LANCZOS resize
-    to it.  ``images`` ``(n, H, W, C)`` in [0, 1]; returns ``(n, height, width, C)``."""
+    """MuseV's reference-image rule: MMCM's centre crop to the aspect of ``width×height``, then PIL's
+    LANCZOS resize to it.  ``images`` ``(n, H, W, C)`` in [0, 1]; returns ``(n, height, width, C)``.
+    ``quantize`` (MuseV): the 8-bit image as PIL holds it; otherwise float channels (no rounding)."""
+    from PIL import Image
     n, h, w, c = images.shape
-    x1, y1, x2, y2 = crop_box_to_aspect(w, h, width, height)
-    x = images[:, y1:y2, x1:x2, :].movedim(-1, 1)
-    x = resize(x, height, width, "lanczos", eight_bit=quantize)
-    return x.clamp(0.0, 1.0).movedim(1, -1)
+    box = crop_box_to_aspect(w, h, width, height)
+    out = []
+    for i in range(n):
+        if quantize and c >= 3:
+            img = pil_resize(to_pil(images[i]).crop(box), width, height, Image.LANCZOS)
+            out.append(_from_pil(img, images))
+        else:
+            out.append(_resize_float(images[i], box, width, height).clamp(0.0, 1.0))
+    return torch.stack(out)
 
 
 def needs_resize(images, height, width):
@@ -148,17 +123,24 @@ def clip_resize_size(height, width, size=CLIP_SIZE):
     return size, int(size * width / height)
 
 
+@functools.lru_cache(maxsize=8)
+def clip_image_processor(size=CLIP_SIZE, mean=CLIP_MEAN, std=CLIP_STD):
+    """transformers' CLIP image processor (PIL backend) for ``size`` and the given mean/std."""
+    import transformers.models.clip as clip
+    cls = getattr(clip, "CLIPImageProcessorPil", None) or clip.CLIPImageProcessor
+    return cls(size={"shortest_edge": int(size)}, crop_size={"height": int(size), "width": int(size)},
+               image_mean=list(mean), image_std=list(std))
+
+
 def clip_preprocess(images, size=CLIP_SIZE, mean=CLIP_MEAN, std=CLIP_STD):
-    """``(n, H, W, 3+)`` in [0, 1] -> ``(n, 3, size, size)`` normalised pixel values, the rules of
-    ``CLIPImageProcessor()`` (see the module docstring)."""
-    x = images[..., :3].movedim(-1, 1).float()
-    x = quantize8(x.clamp(0.0, 1.0))
-    h, w = x.shape[-2:]
-    rh, rw = clip_resize_size(h, w, size)
-    if (rh, rw) != (h, w):
-        x = resize(x, rh, rw, "bicubic", eight_bit=True)
-    top, left = (rh - size) // 2, (rw - size) // 2
-    x = x[:, :, top:top + size, left:left + size]
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    """``(n, H, W, 3+)`` in [0, 1] -> ``(n, 3, size, size)`` normalised pixel values, by transformers'
+    ``CLIPImageProcessor`` on the 8-bit images (see the module docstring)."""
+    from PIL import Image
+    proc = clip_image_processor(int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    pil = []
+    for i in range(images.shape[0]):
+        img = to_pil(images[i])
+        rh, rw = clip_resize_size(img.size[1], img.size[0], int(size))
+        pil.append(pil_resize(img, rw, rh, Image.BICUBIC))
+    pixels = proc(images=pil, do_resize=False, return_tensors="pt")["pixel_values"]
+    return pixels.to(device=images.device, dtype=torch.float32)

@@ -115,6 +115,20 @@ def has_multigpu():
     return hasattr(mp.ModelPatcher, "deepclone_multigpu")
 
 
+def device_twin(owner, key, original):
+    """``original`` (a ModelPatcher kept in ``owner``'s additional models under ``key``) as ``owner``
+    carries it: under MultiGPU a deep clone on another device holds its own copy, recognised by the
+    shared ``clone_base_uuid``.  ``original`` itself where there is no such copy (single device, or a
+    host without MultiGPU)."""
+    uuid = getattr(original, "clone_base_uuid", None)
+    if owner is None or uuid is None:
+        return original
+    for m in owner.get_additional_models_with_key(key):
+        if getattr(m, "clone_base_uuid", None) == uuid:
+            return m
+    return original
+
+
 def set_reload_factory(patcher, factory, args):
     """Tell the host how to build this patcher again from scratch (0.28's ``cached_patcher_init``,
     used by MultiGPU deep clones and dynamic-VRAM delegates).  A no-op on hosts without it."""

@@ -12,6 +12,7 @@
   strips the vision rows from the outputs.  It runs with or without windows, under any sampler.
 """
 import logging
+import threading
 
 import torch
 
@@ -91,11 +92,12 @@ class MuseVContextHandler(ContextHandlerABC):
         counts = torch.zeros(n, device=x_in.device, dtype=x_in.dtype)
         to = model_options.get("transformer_options", {})
         progress = to.get(PROGRESS_KEY)
-        for group in groups:
+
+        def run_group(group, options):
             comfy.model_management.throw_exception_if_processing_interrupted()
             flat = [f for w in group for f in w]
             window = compat.context_window(flat, total_frames=n, context_overlap=self.context_overlap)
-            sub_options = model_options.copy()
+            sub_options = options.copy()
             sub_to = dict(to)
             sub_to["context_window"] = window
             sub_to[WINDOW_KEY] = {"windows": group, "n_frames": n}
@@ -103,19 +105,80 @@ class MuseVContextHandler(ContextHandlerABC):
             sub_conds = [self.get_resized_cond(c, x_in, window) for c in conds]
             results = calc_cond_batch(model, sub_conds, x_in[flat], timestep[flat] if timestep.shape[0] == n else timestep,
                                       sub_options)
+            if progress is not None:
+                progress(1)
+            return results
+
+        # Averaged in window order whatever ran where, so that MultiGPU lanes give the one-device sum.
+        for group, results in zip(groups, evaluate_groups(groups, run_group, model_options)):
             offset = 0
             for w in group:
                 rows = slice(offset, offset + len(w))
                 for out, res in zip(outs, results):
-                    out[w] += res[rows]
+                    out[w] += res[rows].to(out.device)
                 counts[w] += 1
                 offset += len(w)
-            if progress is not None:
-                progress(1)
         if bool((counts == 0).any()):
             raise RuntimeError(f"MuseV windows left frames uncovered: {torch.nonzero(counts == 0).flatten().tolist()}")
         shape = (n,) + (1,) * (x_in.ndim - 1)
         return [o / counts.view(shape) for o in outs]
+
+
+# ------------------------------------------------------------------------------------------------
+# MultiGPU: window groups spread over the devices of ComfyUI's work units
+
+def multigpu_lanes(model_options, n_groups):
+    """Device sets ("lanes") that each denoise their own window groups, or None for one lane.
+
+    ComfyUI's MultiGPU work units (0.28, ``model_options["multigpu_clones"]``: device -> the MODEL's
+    deep clone there) split the conds of one ``calc_cond_batch`` call, i.e. the CFG halves of one
+    window group, over the devices.  With several window groups per step, each device (or each set
+    of devices when there are more devices than groups) takes whole groups instead, so that a long
+    video keeps every GPU busy; inside a lane of two or more devices the CFG halves are split as
+    ComfyUI does."""
+    clones = model_options.get("multigpu_clones") or {}
+    if len(clones) < 2 or n_groups < 2:
+        return None
+    devices = list(clones)
+    n_lanes = min(n_groups, len(devices))
+    return [{d: clones[d] for d in devices[i::n_lanes]} for i in range(n_lanes)]
+
+
+def evaluate_groups(groups, run_group, model_options):
+    """Results of ``run_group(group, options)`` for every group, in order: one after another, or
+    in MultiGPU lanes (one Python thread per lane; each lane's calls go to its own devices' workers)."""
+    lanes = multigpu_lanes(model_options, len(groups))
+    if lanes is None:
+        for group in groups:
+            yield run_group(group, model_options)
+        return
+    n_lanes = len(lanes)
+    bounds = [len(groups) * i // n_lanes for i in range(n_lanes + 1)]
+    results = [None] * len(groups)
+    errors = []
+    stop = threading.Event()
+
+    def lane(i):
+        options = dict(model_options)
+        options["multigpu_clones"] = lanes[i]
+        try:
+            for gi in range(bounds[i], bounds[i + 1]):
+                if stop.is_set():
+                    return
+                results[gi] = run_group(groups[gi], options)
+        except BaseException as e:  # noqa: BLE001  (re-raised on the sampling thread below)
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=lane, args=(i,), name=f"musev-lane-{i}", daemon=True) for i in range(n_lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        interrupts = [e for e in errors if isinstance(e, comfy.model_management.InterruptProcessingException)]
+        raise (interrupts or errors)[0]
+    yield from results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,13 +201,20 @@ def prepare_sampling_wrapper(executor, model, noise_shape, conds, *args, **kwarg
 # ------------------------------------------------------------------------------------------------
 # CALC_COND_BATCH: vision frames in front of every window
 
-def _control_chain(conds):
+def _control_chain(conds, devices=()):
+    """Every ControlNet object of the conds' chains; under MultiGPU, each one's instances for
+    ``devices`` (ComfyUI keeps a deep clone per device, each with its own hint)."""
     seen = {}
     for cond_list in conds:
         for c in cond_list or []:
             control = c.get("control")
             while control is not None:
-                seen.setdefault(id(control), control)
+                if devices and hasattr(control, "get_instance_for_device"):
+                    instances = [control.get_instance_for_device(d) for d in devices]
+                else:
+                    instances = [control]
+                for inst in instances:
+                    seen.setdefault(id(inst), inst)
                 control = getattr(control, "previous_controlnet", None)
     return list(seen.values())
 
@@ -220,7 +290,7 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
     swapped, sampling = [], []
     try:
         timesteps = getattr(run, "timesteps", None)
-        for control in _control_chain(conds):
+        for control in _control_chain(conds, list(model_options.get("multigpu_clones") or ())):
             ms = getattr(control, "model_sampling_current", None)
             if timesteps is not None and ms is not None and not isinstance(ms, _ControlSampling):
                 # the ControlNet gets the UNet's (MuseV's continuous) timestep too

@@ -8,6 +8,7 @@ import comfy.model_patcher
 
 from ..musev_core import keys as K
 from ..musev_core.motion import MotionCheckpointError, MuseVMotionModel
+from . import compat
 from .host import FileModelCache, MuseVInputError, host_ops, load_device, offload_device, read_checkpoint
 
 log = logging.getLogger("comfyui-musev")
@@ -64,4 +65,18 @@ def _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_n
     patcher = comfy.model_patcher.ModelPatcher(MotionModule(motion), load_device=load_device(),
                                                offload_device=offload_device())
     patcher.musev_report = report
-    return patcher
+    # MultiGPU deep clones rebuild it from the file, with their own weights on their own device
+    return compat.set_reload_factory(patcher, rebuild_motion_patcher,
+                                     (path, int(unet.num_heads), weight_dtype, compute_dtype, node, input_name))
+
+
+class _Heads:
+    """Stands for the base UNet when only its head count is needed (rebuilding a motion patcher)."""
+
+    def __init__(self, num_heads):
+        self.num_heads = num_heads
+
+
+def rebuild_motion_patcher(path, num_heads, weight_dtype, compute_dtype, node, input_name, **_host_flags):
+    """A fresh (uncached) motion patcher: the reload factory ComfyUI calls for deep clones."""
+    return _build_motion_patcher(path, _Heads(num_heads), weight_dtype, compute_dtype, node, input_name)

@@ -181,12 +181,36 @@ def count_injected(unet):
     return sum(isinstance(m, MuseVInjected) for m in unet.modules())
 
 
-def _make_injection(motion):
+# UNet -> (weak) ModelPatcher whose injection put MuseV's modules into it.  A MODEL and its
+# MultiGPU deep clones each own a UNet and a motion patcher on their own device: every UNet call
+# finds its own motion model, ReferenceNet, ... through the patcher that injected its UNet.
+_INJECTED = weakref.WeakKeyDictionary()
+
+
+def motion_patcher_of(patcher):
+    """The motion ModelPatcher carried by ``patcher`` (its own device's copy under MultiGPU)."""
+    models = patcher.get_additional_models_with_key(STATE_KEY)
+    if not models:
+        raise MuseVRuntimeError("MuseV: the MODEL carries no motion model (LoadMuseVMotion's patch was removed)")
+    return models[0]
+
+
+def injecting_patcher(unet):
+    """The ModelPatcher whose MuseV injection is in ``unet`` (None outside a run)."""
+    ref = _INJECTED.get(unet)
+    return ref() if ref is not None else None
+
+
+def _make_injection():
     def inject(patcher):
-        inject_into(patcher.model.diffusion_model, motion)
+        unet = patcher.model.diffusion_model
+        inject_into(unet, motion_patcher_of(patcher).model.motion)
+        _INJECTED[unet] = weakref.ref(patcher)
 
     def eject(patcher):
-        eject_from(patcher.model.diffusion_model)
+        unet = patcher.model.diffusion_model
+        eject_from(unet)
+        _INJECTED.pop(unet, None)
 
     return PatcherInjection(inject=inject, eject=eject)
 
@@ -305,7 +329,11 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
     ip = refer = None
     # What providers may read about this call: the latent size (reference images are prepared at the
     # video's size) and the per-row text context with its layout (the ReferenceNet's context without IP).
-    transformer_options[INPUT_KEY] = {"x_shape": tuple(x.shape), "context": context, "layout": layout}
+    # ``patcher``: the ModelPatcher whose UNet runs this call (the MODEL, or its MultiGPU deep clone
+    # on another device, with its own copies of the motion model and the ReferenceNet).
+    patcher = injecting_patcher(executor.class_obj)
+    transformer_options[INPUT_KEY] = {"x_shape": tuple(x.shape), "context": context, "layout": layout,
+                                      "patcher": patcher}
     try:
         if state.ip is not None:
             ip = state.ip.resolve(run, x.device, x.dtype, transformer_options)
@@ -314,7 +342,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
     finally:
         transformer_options.pop(INPUT_KEY, None)
     call = CallContext(
-        motion=state.motion,
+        motion=state.motion if patcher is None else motion_patcher_of(patcher).model.motion,
         layout=layout,
         frame_rate=float(transformer_options.get("musev_frame_rate", state.frame_rate)),
         temporal=bool(transformer_options.get("musev_temporal", state.temporal)),
@@ -428,6 +456,14 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
         if state is not None and state.noise is not None and bool(torch.count_nonzero(noise)):
             seed = args[3] if len(args) > 3 else kwargs.get("seed")
             noise = video_noise_for(guider.model_patcher, state.noise, noise, sigmas, seed, run.vision)
+        if state is not None:
+            # Work that needs the VAE / CLIP vision (reference latent, IP embedding at the video's
+            # aspect) is done here, on the main thread, before any UNet call (which may run on
+            # MultiGPU worker threads).
+            for provider in (state.ip, state.reference):
+                prepare = getattr(provider, "prepare", None)
+                if prepare is not None:
+                    prepare(run, tuple(noise.shape))
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     finally:
         if previous is None:
@@ -437,6 +473,8 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
         # The injected stand-ins sit in the nn.Module shared with the base MODEL: take them out now
         # (the next load of this clone puts them back), so the base is untouched after any exit.
         guider.model_patcher.eject_model()
+        for clone in (guider.model_options.get("multigpu_clones") or {}).values():
+            clone.eject_model()
 
 
 def prepare_vision(patcher, raw, noise):
@@ -517,7 +555,7 @@ def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, nod
     check_fits(unet, motion, node)
     m = model.clone()
     m.set_additional_models(STATE_KEY, [motion_patcher])
-    m.set_injections(STATE_KEY, [_make_injection(motion)])
+    m.set_injections(STATE_KEY, [_make_injection()])
     m.set_model_forward_timestep_embed_patch((MuseVInjected, forward_timestep_embed_handler))
     if motion.flags.keep_vision_condition:
         m.set_model_emb_patch(emb_patch)

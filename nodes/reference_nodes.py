@@ -23,6 +23,7 @@ video's size.
 import collections
 import logging
 import os
+import threading
 
 import torch
 
@@ -33,7 +34,7 @@ from ..musev_core import keys as K
 from ..musev_core.checkpoints import CheckpointError, load_state_dict
 from ..musev_core.ip_adapter import ImageProjError, ImageProjModel, describe_image_proj, image_proj_weights
 from ..musev_core.layout import COND, UNCOND
-from . import patch, paths
+from . import compat, patch, paths
 from .host import MuseVInputError
 from .referencenet_runner import N_FEATURES, load_referencenet_patcher, run_referencenet
 
@@ -160,6 +161,7 @@ class IPAdapterProvider:
         self._embeds = collections.OrderedDict({None: embeds})
         self._tokens = collections.OrderedDict()
         self.encodes = 0                              # CLIP passes at sampling time (tests, logging)
+        self._lock = threading.RLock()                # UNet calls may come from MultiGPU worker threads
 
     def __deepcopy__(self, memo):
         return self
@@ -184,7 +186,16 @@ class IPAdapterProvider:
                 self._embeds.popitem(last=False)
         return key, self._embeds[key]
 
+    def prepare(self, run, noise_shape):
+        """Before sampling (main thread): the embedding for the video's aspect (CLIP runs here)."""
+        if len(noise_shape) == 4:
+            self.embeds_for((int(noise_shape[-2]) * LATENT_RATIO, int(noise_shape[-1]) * LATENT_RATIO))
+
     def tokens(self, size, device, dtype):
+        with self._lock:
+            return self._tokens_locked(size, device, dtype)
+
+    def _tokens_locked(self, size, device, dtype):
         key, embeds = self.embeds_for(size)
         tkey = (key, str(device), dtype)
         if tkey not in self._tokens:
@@ -332,6 +343,17 @@ class ReferenceNetProvider:
         self.source = source
         self.geometry = patcher.model.geometry
         self._latents = collections.OrderedDict()
+        self._lock = threading.RLock()                # UNet calls may come from MultiGPU worker threads
+
+    def prepare(self, run, noise_shape):
+        """Before sampling (main thread): the reference latent at the video's size (the VAE runs here)."""
+        if len(noise_shape) == 4:
+            self.latent_for(int(noise_shape[-2]), int(noise_shape[-1]))
+
+    def patcher_for(self, unet_patcher):
+        """This ReferenceNet on the device of the UNet that calls: the MODEL's own, or the copy a
+        MultiGPU deep clone carries (same ``clone_base_uuid``)."""
+        return compat.device_twin(unet_patcher, "musev_referencenet", self.patcher)
 
     def __deepcopy__(self, memo):
         return self
@@ -377,9 +399,15 @@ class ReferenceNetProvider:
         inp = transformer_options.get(patch.INPUT_KEY)
         if not inp:
             raise patch.MuseVRuntimeError(f"{REF_NODE}: the UNet call carries no '{patch.INPUT_KEY}' (MuseV patch too old)")
+        with self._lock:
+            return self._resolve_locked(run, device, dtype, inp, ip)
+
+    def _resolve_locked(self, run, device, dtype, inp, ip):
         h, w = (int(v) for v in inp["x_shape"][-2:])
         contexts = self.contexts(inp, ip)
-        cache = run.cache.setdefault(("musev_referencenet", id(self)), []) if run is not None else []
+        rn = self.patcher_for(inp.get("patcher"))
+        cache = (run.cache.setdefault(("musev_referencenet", id(self), str(rn.load_device)), [])
+                 if run is not None else [])
         found, todo = {}, {}
         for role, ctx in contexts.items():
             hit = next((f for (hw, c, f) in cache if hw == (h, w) and _same(c, ctx)), None)
@@ -390,7 +418,7 @@ class ReferenceNetProvider:
         if todo:
             latent = self.latent_for(h, w)
             count = (lambda: run.count("referencenet")) if run is not None else None
-            feats = run_referencenet(self.patcher, latent, todo, count=count)
+            feats = run_referencenet(rn, latent, todo, count=count)
             for role, ctx in todo.items():
                 cache.append(((h, w), ctx, feats[role]))
                 found[role] = feats[role]

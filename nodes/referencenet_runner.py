@@ -23,6 +23,7 @@ import comfy.utils
 
 from ..musev_core import keys as K
 from ..musev_core.referencenet import ReferenceNetCheckpointError, ReferenceNetGeometry
+from . import compat
 from .host import FileModelCache, MuseVInputError, load_device, offload_device, read_checkpoint
 
 log = logging.getLogger("comfyui-musev")
@@ -220,7 +221,15 @@ def _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_n
     sd, config, weights = read_referencenet(path, node, input_name)
     module = build_referencenet(sd, config, weight_dtype, compute_dtype, os.path.basename(weights), node)
     log.info("MuseV ReferenceNet %s: %s", os.path.basename(weights), module.geometry.describe())
-    return comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
+    # MultiGPU deep clones rebuild it from the file, with their own weights on their own device
+    return compat.set_reload_factory(patcher, rebuild_referencenet_patcher,
+                                     (path, weight_dtype, compute_dtype, node, input_name))
+
+
+def rebuild_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name, **_host_flags):
+    """A fresh (uncached) ReferenceNet patcher: the reload factory ComfyUI calls for deep clones."""
+    return _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name)
 
 
 def lcm_repeat(contexts):
@@ -241,7 +250,10 @@ def run_referencenet(patcher, latent, contexts, count=None):
     ``latent`` (n_ref, C, h, w) clean reference latents; ``contexts`` ``{key: (1, L, D)}``.  Loads the
     ReferenceNet through ComfyUI's model management and returns ``{key: [13 × (1, C_i, n_ref, h_i, w_i)]}``
     on the ReferenceNet's device."""
-    comfy.model_management.load_models_gpu([patcher])
+    if getattr(patcher.model, "device", None) != patcher.load_device:
+        # Normally loaded with the UNet before sampling (an additional model); model management is
+        # not called from MultiGPU worker threads when it already is.
+        comfy.model_management.load_models_gpu([patcher])
     module = patcher.model
     dev = patcher.load_device
     keys = list(contexts)

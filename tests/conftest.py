@@ -147,6 +147,31 @@ class HostHandle:
         return ex.history_result.get("outputs", {}) if ex.success else None, ex
 
 
+# Host features a test needs (``@pytest.mark.host_feature("multigpu")``): tests for a feature the
+# host lacks are *deselected* at collection (not skipped), since the whole tier must run without
+# skips on every supported host.  A file in the ComfyUI tree tells whether it has the feature.
+HOST_FEATURE_FILES = {"multigpu": os.path.join("comfy", "multigpu.py")}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host_feature(name): needs a feature only some ComfyUI versions have")
+
+
+def pytest_collection_modifyitems(config, items):
+    path = find_comfyui_path()
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("host_feature")
+        if marker is not None and path is not None and not os.path.isfile(
+                os.path.join(path, HOST_FEATURE_FILES[marker.args[0]])):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _host_version():
     path = find_comfyui_path()
     if path is None:
