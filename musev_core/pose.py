@@ -9,7 +9,15 @@ What lives here (no ComfyUI, no OpenCV):
   ``controlnet_aux`` uses, and -> the pose dictionary its drawing functions take (body 18 points,
   both hands, keypoint threshold 0.3, no face);
 * the detector's numeric pre/post-processing (YOLOX grid decode, NMS, top-down affine box,
-  SimCC arg-max decode), shared by the ONNX and TorchScript backends in ``nodes/dwpose.py``;
+  SimCC arg-max decode), shared by the ONNX and TorchScript backends in ``nodes/dwpose.py``.
+  Kept for MuseV parity: MuseV ran DWPose through mmdet/mmpose, whose rules these are.  ``rtmlib``
+  (the mmcv-free runner of the same ONNX models) was measured against them on the same networks:
+  the keypoint positions agree (6e-6 px) but its scores are not mmpose's (the *mean* of the SimCC x/y
+  maxima instead of the smaller one: 35 of 133 points change visibility at MuseV's 0.3 threshold
+  in a synthetic check), its YOLOX keeps every class (a chair becomes a pose crop; mmdet+controlnet_aux
+  keep persons only), it has no TorchScript backend, and it requires opencv-python and
+  opencv-contrib-python next to ComfyUI's opencv-python-headless.  So it would draw different
+  skeletons than MuseV;
 * pose alignment ("posealign", promised by MuseV and never released): one similarity transform
   (uniform scale + translation) that moves the driving video's first skeleton onto the condition
   image's skeleton, applied to every frame.

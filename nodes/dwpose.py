@@ -17,7 +17,9 @@ openmmlab      yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth,     controlne
 
 The onnx/torchscript backends run the networks with the numeric pre/post-processing of
 ``musev_core.pose`` (letterbox 640, YOLOX decode + NMS, persons > 0.5, top-down affine crop with
-1.25 padding, SimCC decode), which is what mmdet/mmpose do for these two models.
+1.25 padding, SimCC decode), which is what mmdet/mmpose do for these two models.  That code exists
+only for MuseV parity: ``rtmlib`` runs the same ONNX files without mmcv but scores keypoints and
+filters boxes differently from mmpose/mmdet (see ``musev_core/pose.py``), so it is not used.
 """
 import contextlib
 import importlib.util

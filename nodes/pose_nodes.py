@@ -104,29 +104,13 @@ def control_net_warnings(control_net, prompt=None, unique_id=None):
     return out
 
 
-def apply_control(positive, negative, control_net, hint, strength, start_percent, end_percent, vae=None):
-    """ControlNetApplyAdvanced's logic: one copy per previous ControlNet, shared by positive and
-    negative, chained after the existing controls.  ``hint`` is (B, 3, H, W) in [0, 1]."""
-    if strength == 0:
-        return positive, negative
-    cnets = {}
-    out = []
-    for conditioning in (positive, negative):
-        c = []
-        for t in conditioning:
-            d = t[1].copy()
-            prev = d.get("control", None)
-            if prev in cnets:
-                c_net = cnets[prev]
-            else:
-                c_net = control_net.copy().set_cond_hint(hint, strength, (start_percent, end_percent), vae=vae)
-                c_net.set_previous_controlnet(prev)
-                cnets[prev] = c_net
-            d["control"] = c_net
-            d["control_apply_to_uncond"] = False
-            c.append([t[0], d])
-        out.append(c)
-    return out[0], out[1]
+def apply_control(positive, negative, control_net, images, strength, start_percent, end_percent, vae=None):
+    """ComfyUI's own Apply ControlNet (Advanced) node (``nodes.ControlNetApplyAdvanced``): one copy of
+    the ControlNet per previous ControlNet, shared by positive and negative, chained after the existing
+    controls.  ``images`` is the IMAGE batch (B, H, W, 3) in [0, 1]."""
+    import nodes as comfy_nodes          # ComfyUI's nodes.py (this package's own is ``.nodes``)
+    return comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net, images, strength,
+                                                                  start_percent, end_percent, vae=vae)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +326,7 @@ class PoseVideoCondition:
             log.info("[MuseV] %s: pose_align %s: scale %.3f, shift (%.1f, %.1f) px", NODE, pose_align, sim.scale,
                      sim.tx, sim.ty)
 
-        pos, neg = apply_control(positive, negative, control_net, hints.movedim(-1, 1), strength, start_percent,
+        pos, neg = apply_control(positive, negative, control_net, hints, strength, start_percent,
                                  end_percent, vae=vae)
         return (pos, neg, hints, plan.frames, float(plan.sample_rate), W, H)
 
