@@ -15,6 +15,13 @@ What differs, and where it is handled:
 * Per-input ``advanced`` flag for V1 nodes (0.28 frontend folds them away): :func:`advanced`.
 * ``ModelPatcher.cached_patcher_init`` (0.28: how deep clones rebuild a model on another device):
   :func:`set_reload_factory`.
+* ``comfy.utils.load_torch_file`` unpickles ``.ckpt``/``.bin``/``.pth`` with ``weights_only`` always on
+  0.28; 0.3.64 only when torch has ``add_safe_globals`` (``ALWAYS_SAFE_LOAD``): :func:`torch_files_load_safely`.
+  (``comfy.diffusers_load``, ``comfy.sd.load_clip``/``load_diffusion_model_state_dict``/``VAE`` and
+  ``comfy.clip_vision.load_clipvision_from_sd``, which the MuseV loaders use, are the same on both.)
+* Extra schedulers for KSampler / BasicScheduler: :func:`register_scheduler`.  (Both supported hosts
+  keep them in ``comfy.samplers.SCHEDULER_HANDLERS`` + ``SCHEDULER_NAMES`` = ``KSampler.SCHEDULERS``;
+  older trees had only a names list, which the function detects and reports.)
 * Extra schedulers for KSampler / BasicScheduler: :func:`register_scheduler`.  (Both supported hosts
   keep them in ``comfy.samplers.SCHEDULER_HANDLERS`` + ``SCHEDULER_NAMES`` = ``KSampler.SCHEDULERS``;
   older trees had only a names list, which the function detects and reports.)
@@ -179,3 +186,14 @@ def register_scheduler(name, sigmas_fn):
             if name not in names:
                 names.append(name)
     return True
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint files
+
+def torch_files_load_safely():
+    """True when ComfyUI's own loaders (Load Checkpoint, Load VAE, ...) read pickle files with
+    ``weights_only=True``: always on hosts without the ``ALWAYS_SAFE_LOAD`` switch (0.28 removed the
+    unsafe path), else the switch (0.3.64 sets it when torch >= 2.4)."""
+    import comfy.utils
+    return bool(getattr(comfy.utils, "ALWAYS_SAFE_LOAD", True))

@@ -85,8 +85,20 @@ def _find(names):
     return None
 
 
+# How to install a backend's optional packages (not in requirements.txt: onnxruntime and
+# onnxruntime-gpu share one module, so the pack must not pull the CPU one over a GPU install).
+INSTALL = {"onnxruntime": "pip install onnxruntime   (CPU; or onnxruntime-gpu for CUDA, not both)",
+           "mmpose": "pip install -U openmim && mim install mmcv mmdet mmpose",
+           "mmdet": "pip install -U openmim && mim install mmcv mmdet mmpose",
+           "mmcv": "pip install -U openmim && mim install mmcv mmdet mmpose"}
+
+
 def missing_modules(backend):
     return [m for m in BACKENDS[backend]["needs"] if importlib.util.find_spec(m) is None]
+
+
+def install_lines(modules):
+    return "".join(f"\n  {line}" for line in dict.fromkeys(INSTALL.get(m, f"pip install {m}") for m in modules))
 
 
 def find_weights(backend):
@@ -120,7 +132,8 @@ def resolve(choice, node="PoseVideoCondition", input_name="detector"):
         if found:
             detail = "; ".join(f"{b} weights are there but {', '.join(m)} is not installed" for b, m in found)
             raise MuseVInputError(
-                f"{node}: DWPose cannot run ({detail}). Install the missing package(s), or put another file set "
+                f"{node}: DWPose cannot run ({detail}). Install the missing package(s) into ComfyUI's Python:"
+                f"{install_lines(m for _, ms in found for m in ms)}\nor put another file set "
                 f"in models/{FOLDER}/ ({where}):\n{_expected_text()}")
         raise MuseVInputError(
             f"{node}: the '{input_name}' needs DWPose weights (YOLOX-l + DWPose-l 384x288), none found in "
@@ -140,8 +153,8 @@ def resolve(choice, node="PoseVideoCondition", input_name="detector"):
     if missing:
         raise MuseVInputError(
             f"{node}: '{input_name}' = {choice!r} needs the Python package(s) {', '.join(missing)}, which are not "
-            "installed. Install them into ComfyUI's Python, or pick another detector (onnx: onnxruntime; "
-            "torchscript: torch only).")
+            f"installed. Install them into ComfyUI's Python:{install_lines(missing)}\nor pick another detector "
+            "(onnx: onnxruntime; torchscript: torch only).")
     return (choice,) + paths
 
 

@@ -10,6 +10,39 @@
 #    another) with ComfyUI's requirements, ours and the test tools (pytest, playwright as a driver
 #    for the system Chromium).
 #  * Chromium: Debian's `chromium` package (installed with apt-get when missing and we are root).
+#  * MUSEV_DEMO=1 (scripts/demo.sh): with a ComfyUI tree found (COMFYUI_PATH or custom_nodes/<pack>),
+#    ComfyUI's own Python is used (COMFYUI_PYTHON, its venv/ or .venv/, python_embeded, the active
+#    venv, python3 on PATH: the first that imports torch and ComfyUI's packages) and only the
+#    pack's requirements.txt is installed into it, when something is missing; no second venv.
+#    Without one, the venv above is built with the pack's runtime requirements only.
+
+_musev_has() {   # $1 = python, then module names: are they all installed? (found, not imported: fast)
+  "$1" - "${@:2}" >/dev/null 2>&1 <<'PY'
+import importlib.util, sys
+sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:]))
+PY
+}
+
+_musev_host_python() {   # $1 = pack dir; exports COMFYUI_PYTHON and MUSEV_PY on success
+  local c py="" log
+  for c in "${COMFYUI_PYTHON:-}" "$COMFYUI_PATH/venv/bin/python" "$COMFYUI_PATH/.venv/bin/python" \
+           "$COMFYUI_PATH/../python_embeded/python.exe" "$COMFYUI_PATH/../python_embeded/python" \
+           "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" "$(command -v python3 || true)" "$(command -v python || true)"; do
+    [ -n "$c" ] && [ -x "$c" ] || continue
+    if _musev_has "$c" torch aiohttp yaml safetensors PIL av; then py=$c; break; fi
+  done
+  [ -n "$py" ] || return 1
+  echo "[musev] Python: ComfyUI's own, $py" >&2
+  if ! _musev_has "$py" einops safetensors transformers cv2 controlnet_aux matplotlib; then
+    log="$1/.cache/pip-requirements.log"
+    mkdir -p "$1/.cache"
+    echo "[musev] installing the pack's requirements.txt into it (log: $log)" >&2
+    "$py" -m pip install -r "$1/requirements.txt" >"$log" 2>&1 || { tail -20 "$log" >&2; return 2; }
+  fi
+  export COMFYUI_PYTHON="$py" MUSEV_PY="$py"
+  return 0
+}
+
 _musev_setup() {
   local pack venv tools stamp want
   pack="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +51,14 @@ _musev_setup() {
   tools="$pack/../shared/tools/comfyui-env.sh"
   if [ -z "${COMFYUI_PATH:-}" ] && [ -f "$pack/../../nodes.py" ] && [ "$(basename "$(dirname "$pack")")" = custom_nodes ]; then
     export COMFYUI_PATH="$(cd "$pack/../.." && pwd)"
+  fi
+  if [ "${MUSEV_DEMO:-0}" = 1 ] && [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/nodes.py" ]; then
+    _musev_host_python "$pack"
+    case $? in
+      0) return 0 ;;
+      2) return 1 ;;
+    esac
+    echo "[musev] no Python with ComfyUI's packages found for $COMFYUI_PATH (set COMFYUI_PYTHON=...): using $venv" >&2
   fi
   if [ -f "$tools" ]; then
     # shellcheck disable=SC1090
@@ -32,10 +73,13 @@ _musev_setup() {
   fi
   export MUSEV_PY="$COMFYUI_PYTHON"
   stamp="$venv/.musev-deps"
+  local reqs=(-r "$pack/requirements.txt" -r "$pack/tests/requirements.txt") what="pack + test" log
+  if [ "${MUSEV_DEMO:-0}" = 1 ]; then reqs=(-r "$pack/requirements.txt"); what="pack"; stamp="$venv/.musev-deps-demo"; fi
   want="$(cat "$pack/requirements.txt" "$pack/tests/requirements.txt" | sha256sum | cut -c1-16)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "[musev] installing pack + test requirements" >&2
-    "$MUSEV_PY" -m pip install -q -r "$pack/requirements.txt" -r "$pack/tests/requirements.txt" >&2 || return 1
+    log="$venv/.musev-pip.log"
+    echo "[musev] installing $what requirements into $venv (log: $log)" >&2
+    "$MUSEV_PY" -m pip install -q "${reqs[@]}" >"$log" 2>&1 || { tail -20 "$log" >&2; return 1; }
     echo "$want" > "$stamp"
   fi
   if ! command -v chromium >/dev/null 2>&1 && [ "${MUSEV_NO_BROWSER:-0}" != 1 ]; then

@@ -252,3 +252,276 @@ def make_standins(models_dir):
                     for v in ("musev_referencenet", "musev_referencenet_pose")},
         clip_dim=meta["clip_dim"],
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# MuseV's released formats: its Hugging Face layout (diffusers / transformers folders, .bin and
+# safetensors), as a user who clones TMElyralab/MuseV into models/musev/ has it.  The functions that
+# write the formats are shape-agnostic: bench/released_weights.py uses them at full size.
+
+RELEASED_VERSION = "1"
+SD15_UNET_DIFFUSERS = {   # diffusers UNet2DConditionModel config of SD1.5; block_out_channels filled in
+    "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.24.0", "act_fn": "silu",
+    "attention_head_dim": 8, "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+SD_VAE_DIFFUSERS = {
+    "_class_name": "AutoencoderKL", "_diffusers_version": "0.24.0", "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4}
+PIPELINE_INDEX = {
+    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.24.0",
+    "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"]}
+SD15_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.24.0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+    "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None}
+
+
+def save_weights(path, sd):
+    """Write a state dict as the released files do: safetensors, or torch.save for .bin."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path.endswith(".bin"):
+        torch.save(sd, path)
+    else:
+        save_file({k: v.contiguous() for k, v in sd.items()}, path)
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def unet_to_diffusers_keys(ldm, unet_config):
+    """ComfyUI-keyed SD UNet weights (no prefix) -> diffusers UNet2DConditionModel keys, with
+    ComfyUI's own key map (every weight must find a name)."""
+    import comfy.utils
+    from_comfy = {v: k for k, v in comfy.utils.unet_to_diffusers(unet_config).items()}
+    lost = sorted(set(ldm) - set(from_comfy))
+    if lost:
+        raise RuntimeError(f"no diffusers name for {len(lost)} UNet keys, e.g. {lost[:3]}")
+    return {from_comfy[k]: v for k, v in ldm.items()}
+
+
+_VAE_ATTN = {"new": {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"},
+             "old": {"norm": "group_norm", "q": "query", "k": "key", "v": "value", "proj_out": "proj_attn"}}
+
+
+def vae_to_diffusers_keys(ldm, attention_names="new"):
+    """ComfyUI/LDM VAE weights -> diffusers AutoencoderKL keys; ``attention_names`` "old" gives the
+    pre-0.14 diffusers names (query/key/value/proj_attn) that 2022 uploads such as sd-vae-ft-mse
+    use.  Checked by converting back with ComfyUI's own ``convert_vae_state_dict``."""
+    import comfy.diffusers_convert as dc
+    out = {}
+    for key, value in ldm.items():
+        new = key
+        for sd_part, hf_part in dc.vae_conversion_map:
+            new = new.replace(sd_part, hf_part)
+        if ".attentions.0." in new:
+            head, tail = new.split(".attentions.0.", 1)
+            name, leaf = tail.rsplit(".", 1)
+            new = f"{head}.attentions.0.{_VAE_ATTN[attention_names][name]}.{leaf}"
+            if name != "norm" and value.ndim == 4:
+                value = value[:, :, 0, 0]
+        out[new] = value
+    back = dc.convert_vae_state_dict(dict(out))
+    if set(back) != set(ldm) or any(tuple(back[k].shape) != tuple(ldm[k].shape) for k in ldm):
+        raise RuntimeError("diffusers VAE keys do not convert back to ComfyUI's")
+    return out
+
+
+def text_encoder_to_transformers(ckpt_sd, prefix="cond_stage_model.transformer."):
+    """The CLIP-L text encoder of a ComfyUI-format SD1.5 checkpoint as transformers'
+    CLIPTextModel ``pytorch_model.bin`` holds it (no text_projection; position_ids kept)."""
+    return {k[len(prefix):]: v for k, v in ckpt_sd.items()
+            if k.startswith(prefix) and "text_projection" not in k and "logit_scale" not in k}
+
+
+def write_pipeline(dest, unet_diffusers, block_out_channels, text_encoder, vae_diffusers, fmt="bin"):
+    """A diffusers StableDiffusionPipeline folder (model_index.json, unet/, text_encoder/,
+    tokenizer/, scheduler/, vae/), weights as ``fmt`` ("bin", as MuseV's t2i folders, or
+    "safetensors")."""
+    import comfy.sd1_clip
+    diffusers_name = f"diffusion_pytorch_model.{fmt}"
+    write_json(os.path.join(dest, "model_index.json"), PIPELINE_INDEX)
+    write_json(os.path.join(dest, "unet", "config.json"),
+               dict(SD15_UNET_DIFFUSERS, block_out_channels=list(block_out_channels)))
+    save_weights(os.path.join(dest, "unet", diffusers_name), unet_diffusers)
+    with open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")) as f:
+        write_json(os.path.join(dest, "text_encoder", "config.json"), json.load(f))
+    save_weights(os.path.join(dest, "text_encoder", "pytorch_model.bin" if fmt == "bin" else "model.safetensors"),
+                 text_encoder)
+    tok = os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_tokenizer")
+    os.makedirs(os.path.join(dest, "tokenizer"), exist_ok=True)
+    for fn in os.listdir(tok):
+        shutil.copyfile(os.path.join(tok, fn), os.path.join(dest, "tokenizer", fn))
+    write_json(os.path.join(dest, "scheduler", "scheduler_config.json"), SD15_SCHEDULER)
+    write_diffusers_vae(os.path.join(dest, "vae"), vae_diffusers, fmt)
+
+
+def write_diffusers_vae(dest, vae_diffusers, fmt="safetensors"):
+    write_json(os.path.join(dest, "config.json"), SD_VAE_DIFFUSERS)
+    save_weights(os.path.join(dest, f"diffusion_pytorch_model.{fmt}"), vae_diffusers)
+
+
+def clip_vision_config(name="vitl"):
+    """transformers' config.json of a CLIPVisionModelWithProjection (ComfyUI's own config of it)."""
+    import comfy.clip_vision
+    with open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), f"clip_vision_config_{name}.json")) as f:
+        cfg = json.load(f)
+    return dict(cfg, architectures=["CLIPVisionModelWithProjection"])
+
+
+def write_clip_vision(dest, sd, config, files=("model.safetensors", "pytorch_model.bin")):
+    """IP-Adapter's ``models/image_encoder`` folder: config.json + the weights in ``files``."""
+    write_json(os.path.join(dest, "config.json"), config)
+    for fn in files:
+        save_weights(os.path.join(dest, fn), sd)
+
+
+def write_motion(dest, unet_sd, unet_config, fmt):
+    write_json(os.path.join(dest, "unet", "config.json"), unet_config)
+    save_weights(os.path.join(dest, "unet", f"diffusion_pytorch_model.{fmt}"), unet_sd)
+
+
+@dataclasses.dataclass
+class Dropin:
+    """A drop-in tree: MuseV's HF layout under ``models/musev`` with stand-in weights; ``names``
+    maps model_table keys to widget values (= the table's names)."""
+    root: str                  # models/musev
+    names: dict
+    formats: dict              # model_table key -> what format the stand-in uses there
+    clip_dim: int = 768
+
+
+def _model_table():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "musev_model_table", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nodes",
+                                          "model_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RELEASED_FORMATS = {
+    "t2i_majicmix": "diffusers pipeline, .bin (unet, text_encoder, vae with diffusers >= 0.14 attention names)",
+    "t2i_fantasticmix": "diffusers pipeline, safetensors",
+    "vae": "diffusers VAE, safetensors with pre-0.14 attention names (query/key/value/proj_attn)",
+    "clip_vision": "transformers CLIPVisionModelWithProjection, pytorch_model.bin only",
+    "motion_musev": "unet/ safetensors",
+    "motion_referencenet": "unet/ .bin",
+    "motion_pose": "unet/ safetensors",
+    "referencenet": "safetensors",
+    "image_proj_referencenet": ".bin (torch.save'd dict, key image_proj)",
+    "image_proj_pose": ".bin (torch.save'd dict, key image_proj)",
+}
+
+
+def _generate_released(cache, out):
+    """MuseV's HF layout re-packed from the ComfyUI-format stand-ins of ``cache`` (same weights)."""
+    from safetensors.torch import load_file
+    mt = _model_table()
+    tmp = f"{out}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    musev = os.path.join(tmp, "musev")
+
+    def at(key):
+        return os.path.join(musev, mt.get(key).name)
+
+    ckpt = load_file(os.path.join(cache, "checkpoints", "musev_standin_sd15.safetensors"))
+    prefix = "model.diffusion_model."
+    unet = unet_to_diffusers_keys({k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)},
+                                  sd15_unet_config())
+    text = text_encoder_to_transformers(ckpt)
+    del ckpt
+    vae_ldm = load_file(os.path.join(cache, "vae", "musev_standin_vae.safetensors"))
+    write_pipeline(at("t2i_majicmix"), unet, UNET_CHANNELS, text, vae_to_diffusers_keys(vae_ldm, "new"), "bin")
+    write_pipeline(at("t2i_fantasticmix"), unet, UNET_CHANNELS, text, vae_to_diffusers_keys(vae_ldm, "new"),
+                   "safetensors")
+    del unet, text
+    write_diffusers_vae(at("vae"), vae_to_diffusers_keys(vae_ldm, "old"), "safetensors")
+    del vae_ldm
+    cv = load_file(os.path.join(cache, "clip_vision", "musev_standin_clip_vision_vitl.safetensors"))
+    write_clip_vision(at("clip_vision"), cv, clip_vision_config("vitl"), files=("pytorch_model.bin",))
+    del cv
+    std = os.path.join(cache, "musev", "standin", "motion")
+    for key, variant, fmt in (("motion_musev", "musev", "safetensors"),
+                              ("motion_referencenet", "musev_referencenet", "bin"),
+                              ("motion_pose", "musev_referencenet_pose", "safetensors")):
+        with open(os.path.join(std, variant, "unet", "config.json")) as f:
+            config = json.load(f)
+        write_motion(at(key), load_file(os.path.join(std, variant, "unet", "diffusion_pytorch_model.safetensors")),
+                     config, fmt)
+    for key, variant in (("image_proj_referencenet", "musev_referencenet"),
+                         ("image_proj_pose", "musev_referencenet_pose")):
+        os.makedirs(os.path.dirname(at(key)), exist_ok=True)
+        shutil.copyfile(os.path.join(std, variant, "ip_adapter_image_proj.bin"), at(key))
+    ref = os.path.join(std, "musev_referencenet", "referencenet")
+    os.makedirs(at("referencenet"), exist_ok=True)
+    for fn in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copyfile(os.path.join(ref, fn), os.path.join(at("referencenet"), fn))
+    write_json(os.path.join(tmp, "released.json"), {"version": RELEASED_VERSION})
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def link_tree(src, dest):
+    """Hard-link (else copy) every file under ``src`` into ``dest``: real files inside the models
+    folder, as a user's download is."""
+    for dirpath, _, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        for fn in filenames:
+            target = os.path.join(dest, rel, fn)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                continue
+            try:
+                os.link(os.path.join(dirpath, fn), target)
+            except OSError:
+                shutil.copy2(os.path.join(dirpath, fn), target)
+
+
+def released_root():
+    """The cached folder that holds MuseV's HF layout with stand-in weights (what a clone of
+    TMElyralab/MuseV holds; generated once beside the ComfyUI-format stand-ins)."""
+    cache = _cache_dir()
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(cache)) as scratch:   # same file system: links
+        make_standins(scratch)        # makes sure the ComfyUI-format cache exists (links are dropped)
+    out = os.path.join(cache, "released")
+    with open(cache + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            marker = os.path.join(out, "released.json")
+            ok = os.path.isfile(marker)
+            if ok:
+                with open(marker) as f:
+                    ok = json.load(f).get("version") == RELEASED_VERSION
+            if not ok:
+                _generate_released(cache, out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return os.path.join(out, "musev")
+
+
+def dropin_names(root):
+    mt = _model_table()
+    with open(os.path.join(_cache_dir(), "standins.json")) as f:
+        meta = json.load(f)
+    return Dropin(root=root, names={k: mt.get(k).name for k in RELEASED_FORMATS}, formats=dict(RELEASED_FORMATS),
+                  clip_dim=meta["clip_dim"])
+
+
+def make_dropin(models_dir):
+    """MuseV's HF layout with stand-in weights under ``models_dir/musev`` (real files: hard links
+    into the cache, or copies); returns a :class:`Dropin`."""
+    link_tree(released_root(), os.path.join(models_dir, "musev"))
+    return dropin_names(os.path.join(models_dir, "musev"))
