@@ -134,8 +134,20 @@ def _controlnet_weights():
     return _random(_shapes(model), 5, "control_model.", scale=0.5)
 
 
+def _pack_module(name):
+    """A module of the pack: conftest's loader under pytest; outside pytest (scripts/demo.py), the
+    pack as ComfyUI loaded it."""
+    try:
+        from conftest import pack_module
+    except ImportError:
+        import importlib
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))).replace(".", "_x_")
+        return importlib.import_module(f"{root}.{name}")
+    return pack_module(name)
+
+
 def _motion_weights(variant, seed):
-    from conftest import pack_module
+    pack_module = _pack_module
     K = pack_module("musev_core.keys")
     M = pack_module("musev_core.motion")
     layout = K.sd_layout(variant, UNET_CHANNELS, 4 * UNET_CHANNELS[0], CONTEXT_DIM)
