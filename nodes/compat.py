@@ -148,11 +148,12 @@ def set_reload_factory(patcher, factory, args):
 # node schemas
 
 def advanced(options):
-    """Input options marked as advanced.  A V1 node's options dict goes to ``/object_info`` as it is;
-    the frontend ComfyUI 0.28 ships (1.45) validates ``advanced`` as a boolean input option, copies it
-    onto the widget and hides such widgets until the node's "show advanced" toggle (or the setting
-    Comfy.Node.AlwaysShowAdvancedWidgets) is on; their values are still saved and queued.  Older
-    frontends ignore the key and show the inputs as usual."""
+    """Input options marked as advanced.  A V1 node's options dict goes to ``/object_info`` as it is,
+    which is exactly how core V3 inputs declared with ``advanced=True`` arrive there.  The frontend
+    ComfyUI 0.28 ships (1.45) validates ``advanced`` as a boolean input option and puts it in the
+    widget's options: its Vue-nodes renderer hides such inputs behind "Show advanced inputs" and its
+    side panel lists them apart; its classic canvas (1.45) still draws them, for core nodes too.
+    Values are saved and queued either way.  Older frontends ignore the key."""
     out = dict(options)
     out["advanced"] = True
     return out

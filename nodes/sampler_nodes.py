@@ -24,7 +24,8 @@ CATEGORY = "MuseV"
 SCHEDULES = ["uniform_v2", "uniform_looped"]
 NOISE_TYPES = ["video_fusion", "random"]
 MUSEV_SCHEDULER = "musev_linspace"
-# Expert knobs: shown under "advanced inputs" where the frontend folds them (ComfyUI 0.28's).
+# Expert knobs (context_stride where a node has it): flagged as advanced inputs, which ComfyUI 0.28's
+# frontend folds away in its Vue-nodes renderer and lists apart in its side panel.
 ADVANCED_INPUTS = ("context_batch_size", "context_stride", "noise_type", "w_ind_noise", "img_weight")
 
 
