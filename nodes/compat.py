@@ -22,9 +22,6 @@ What differs, and where it is handled:
 * Extra schedulers for KSampler / BasicScheduler: :func:`register_scheduler`.  (Both supported hosts
   keep them in ``comfy.samplers.SCHEDULER_HANDLERS`` + ``SCHEDULER_NAMES`` = ``KSampler.SCHEDULERS``;
   older trees had only a names list, which the function detects and reports.)
-* Extra schedulers for KSampler / BasicScheduler: :func:`register_scheduler`.  (Both supported hosts
-  keep them in ``comfy.samplers.SCHEDULER_HANDLERS`` + ``SCHEDULER_NAMES`` = ``KSampler.SCHEDULERS``;
-  older trees had only a names list, which the function detects and reports.)
 """
 import inspect
 import logging
