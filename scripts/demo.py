@@ -206,6 +206,7 @@ class Progress:
     def __init__(self, prompt, labels):
         self.prompt, self.labels = prompt, labels
         self.node, self.t_node, self.last = None, 0.0, (None, 0.0)
+        self.bar = (None, 0, 0.0)          # (total, last value, start) of the progress bar being shown
         self.tty = sys.stdout.isatty()
 
     def _end_node(self):
@@ -233,14 +234,18 @@ class Progress:
         if not total or total <= 1:
             return
         now = time.monotonic()
-        elapsed = now - self.t_node
+        b_total, b_value, b_start = self.bar
+        if total != b_total or value < b_value:      # a new bar (a node may run several: ReferenceNet, steps)
+            b_start = self.last[1] if b_total is not None and self.last[1] > self.t_node else self.t_node
+        self.bar = (total, value, b_start)
+        elapsed = now - b_start
         eta = f", ~{seconds(elapsed / value * (total - value))} left" if 0 < value < total else ""
         line = f"      {self._label(self.node) if self.node else 'progress'}: {value}/{total} ({seconds(elapsed)}{eta})"
         if self.tty:
             print("\r\033[K" + line, end="", flush=True)
         elif value == total or value == 1 or now - self.last[1] >= 10:
             print(line, flush=True)
-            self.last = (value, now)
+        self.last = (value, now)
 
     def install(self, srv):
         import comfy.utils

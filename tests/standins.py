@@ -501,6 +501,19 @@ def link_tree(src, dest):
                 shutil.copy2(os.path.join(dirpath, fn), target)
 
 
+def _remove_stale_partials(*prefixes):
+    """Half-written caches of runs that died (``<prefix>.partial-<pid>`` of a pid that is gone)."""
+    import glob
+    for prefix in prefixes:
+        for path in glob.glob(prefix + ".partial-*"):
+            try:
+                os.kill(int(path.rsplit("-", 1)[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except (ValueError, PermissionError):
+                pass
+
+
 def released_root():
     """The cached folder that holds MuseV's HF layout with stand-in weights (what a clone of
     TMElyralab/MuseV holds; generated once beside the ComfyUI-format stand-ins)."""
@@ -512,6 +525,7 @@ def released_root():
     with open(cache + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            _remove_stale_partials(cache, out)
             marker = os.path.join(out, "released.json")
             ok = os.path.isfile(marker)
             if ok:
