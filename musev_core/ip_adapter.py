@@ -95,8 +95,8 @@ def image_proj_weights(sd):
             "this is an IP-Adapter Plus projection (Resampler on CLIP hidden states), not the plain image "
             "projection MuseV was trained with")
     if {"proj.0.weight", "proj.2.weight"} <= pk:
-        raise ImageProjError("this is an IP-Adapter FaceID projection (InsightFace embeddings), which MuseV "
-                             "does not use")
+        raise ImageProjError("this is an IP-Adapter-FaceID file (InsightFace face embeddings): load it with the "
+                             "MuseVFaceID node")
     raise ImageProjError(f"no image-projection weights (proj.weight / norm.weight) among {len(keys)} keys "
                          f"(e.g. {sorted(keys)[:3]})")
 

@@ -15,6 +15,7 @@ VARIANT_MUSEV = "musev"
 VARIANT_REFERENCENET_FAMILY = "musev_referencenet"   # musev_referencenet and musev_referencenet_pose
 KIND_REFERENCENET = "referencenet"
 KIND_IMAGE_PROJ = "image_proj"
+KIND_FACEID = "faceid"               # IP-Adapter-FaceID (ip-adapter-faceid_sd15.bin: MLP image_proj + ip_adapter)
 
 
 class CheckpointKindError(ValueError):
@@ -42,7 +43,7 @@ def is_motion_key(key):
 
 def describe_keys(keys):
     """Classify a state dict's key set: ``musev`` / ``musev_referencenet`` / ``referencenet`` /
-    ``image_proj`` / ``sd_checkpoint`` / ``sdxl_or_other`` / ``unknown``."""
+    ``faceid`` / ``image_proj`` / ``sd_checkpoint`` / ``sdxl_or_other`` / ``unknown``."""
     keys = list(keys)
     ks = set(keys)
     if not ks:
@@ -53,6 +54,8 @@ def describe_keys(keys):
         return VARIANT_REFERENCENET_FAMILY
     if any(k.startswith("transformer_in.") for k in ks):
         return "inconsistent"
+    if any(k.startswith("image_proj.proj.0.") for k in ks) or {"proj.0.weight", "proj.2.weight", "norm.weight"} <= ks:
+        return KIND_FACEID
     if {"proj.weight", "norm.weight"} <= ks or any(k.startswith("image_proj.") for k in ks):
         return KIND_IMAGE_PROJ
     if any(k.startswith("model.diffusion_model.") or k.startswith("diffusion_model.") for k in ks):

@@ -182,6 +182,8 @@ def _kind_message(kind):
     return {
         K.KIND_REFERENCENET: "this is a MuseV ReferenceNet checkpoint (motion/musev_referencenet/referencenet), "
                              "not a motion UNet: load it with the MuseVReferenceNet node",
+        K.KIND_FACEID: "this is an IP-Adapter-FaceID file (ip-adapter-faceid_sd15.bin), not a motion UNet: load it "
+                       "with the MuseVFaceID node",
         K.KIND_IMAGE_PROJ: "this is an IP-Adapter image projection (ip_adapter_image_proj.bin), not a motion UNet: "
                            "load it with the MuseVIPAdapter node",
         "ldm_checkpoint": "this is a full Stable Diffusion checkpoint: load it with Load Checkpoint and pick a MuseV "
@@ -207,6 +209,7 @@ class CallContext:
     refer: dict = None                 # role -> list of reference features (1, C, n_ref, h, w)
     ip_tokens: dict = None             # role -> (1, n_tok, cross_dim)
     ip_scale: float = 1.0
+    face: object = None                # faceid.FaceCall (IP-Adapter-FaceID term) or None
     attn_fn: object = sdpa_attention
     _femb: dict = field(default_factory=dict)
     _ref_kv: dict = field(default_factory=dict)
@@ -295,6 +298,12 @@ class CallContext:
         if q.shape[0] != role_rows.shape[0]:
             raise ValueError(f"IP attention got {q.shape[0]} rows for a {role_rows.shape[0]}-row layout")
         return decoupled_cross_attention(q, k, v, k_all[role_rows], v_all[role_rows], heads, self.ip_scale, self.attn_fn)
+
+    def face_attention(self, prefix, q, out, heads):
+        """``out`` (text + IP attention, before ``to_out``) plus the FaceID term, added last as MuseV."""
+        if self.face is None:
+            return out
+        return self.face.add(prefix, q, out, heads, self.layout, self.attn_fn)
 
     def zero_vision_time_embedding(self, emb):
         if not (self.motion.flags.keep_vision_condition and self.layout.uses_vision):

@@ -4,6 +4,7 @@ from . import motion_nodes
 from . import sampler_nodes
 from . import pose_nodes
 from . import reference_nodes
+from . import faceid_nodes
 from . import loader_nodes
 from . import web_routes  # noqa: F401  (GET /musev/windows for the frontend widget)
 
@@ -11,6 +12,6 @@ paths.register()
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _mod in (motion_nodes, sampler_nodes, pose_nodes, reference_nodes, loader_nodes):
+for _mod in (motion_nodes, sampler_nodes, pose_nodes, reference_nodes, loader_nodes, faceid_nodes):
     NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)

@@ -60,7 +60,8 @@ def _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_n
     log.info("MuseV motion %s: variant %s, %d motion keys loaded, %d 2D keys ignored (the base model supplies them)",
              os.path.basename(weights_path), motion.variant, report["motion"], report["ignored_2d"])
     if report["ignored_face"]:
-        log.warning("MuseV motion %s: %d IP-Adapter-FaceID keys ignored (FaceID is not supported)",
+        log.warning("MuseV motion %s: %d IP-Adapter-FaceID keys ignored (MuseV reads FaceID from "
+                    "ip-adapter-faceid_sd15.bin: use the MuseVFaceID node)",
                     os.path.basename(weights_path), report["ignored_face"])
     patcher = comfy.model_patcher.ModelPatcher(MotionModule(motion), load_device=load_device(),
                                                offload_device=offload_device())

@@ -53,6 +53,7 @@ class MuseVState:
     temporal: bool = True
     ip: object = None                 # provider: .resolve(run, device, dtype, to) -> {"tokens": {role: t}, "scale": s}
     reference: object = None          # provider: .resolve(run, device, dtype, to, ip) -> {role: [13 features]}
+    face: object = None               # provider: .resolve(run, device, dtype, to) -> faceid.FaceCall or None
     vision: object = None             # raw (VAE-space) LATENT samples of the condition frame(s), (n_vis, C, h, w)
     noise: object = None              # NoiseSettings: replace the sampler's noise with MuseV's video noise
 
@@ -241,7 +242,8 @@ def attn1_patch(n, context_attn1, value_attn1, extra_options):
 
 
 class IPAttn2:
-    """attn2 replace: text attention + ip_scale · attention to the IP tokens (decoupled)."""
+    """attn2 replace: text attention + ip_scale · attention to the IP tokens (decoupled) + the
+    IP-Adapter-FaceID term (added last, as MuseV)."""
 
     def __init__(self, prefix):
         self.prefix = prefix
@@ -251,7 +253,8 @@ class IPAttn2:
         heads = extra_options["n_heads"]
         if call is None:
             return host_attention(q, k, v, heads)
-        return call.ip_attention(self.prefix, q, k, v, heads)
+        out = call.ip_attention(self.prefix, q, k, v, heads)
+        return call.face_attention(self.prefix, q, out, heads)
 
     def __deepcopy__(self, memo):
         return self
@@ -326,7 +329,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             x[seg.start:seg.start + seg.n_vis] = vis_latents.to(device=x.device, dtype=x.dtype)
     run = transformer_options.get(RUN_KEY)
     timesteps = musev_timesteps(run, timesteps, transformer_options.get("sigmas"))
-    ip = refer = None
+    ip = refer = face = None
     # What providers may read about this call: the latent size (reference images are prepared at the
     # video's size) and the per-row text context with its layout (the ReferenceNet's context without IP).
     # ``patcher``: the ModelPatcher whose UNet runs this call (the MODEL, or its MultiGPU deep clone
@@ -339,6 +342,8 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
             ip = state.ip.resolve(run, x.device, x.dtype, transformer_options)
         if state.reference is not None:
             refer = state.reference.resolve(run, x.device, x.dtype, transformer_options, ip)
+        if state.face is not None:
+            face = state.face.resolve(run, x.device, x.dtype, transformer_options)
     finally:
         transformer_options.pop(INPUT_KEY, None)
     call = CallContext(
@@ -349,6 +354,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         refer=refer,
         ip_tokens=ip["tokens"] if ip else None,
         ip_scale=float(ip["scale"]) if ip else 0.0,
+        face=face,
         attn_fn=host_attention,
     )
     transformer_options[CALL_KEY] = call
@@ -460,7 +466,7 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
             # Work that needs the VAE / CLIP vision (reference latent, IP embedding at the video's
             # aspect) is done here, on the main thread, before any UNet call (which may run on
             # MultiGPU worker threads).
-            for provider in (state.ip, state.reference):
+            for provider in (state.ip, state.reference, state.face):
                 prepare = getattr(provider, "prepare", None)
                 if prepare is not None:
                     prepare(run, tuple(noise.shape))

@@ -150,6 +150,10 @@ def read_referencenet(path, node="MuseVReferenceNet", input_name="referencenet")
         raise MuseVInputError(
             f"{node}: '{input_name}' ({name}) is a MuseV motion UNet, not the ReferenceNet: connect it to "
             "LoadMuseVMotion and pick motion/musev_referencenet/referencenet/ here")
+    if kind == K.KIND_FACEID:
+        raise MuseVInputError(
+            f"{node}: '{input_name}' ({name}) is an IP-Adapter-FaceID file: load it with MuseVFaceID "
+            "and pick motion/musev_referencenet/referencenet/ here")
     if kind == K.KIND_IMAGE_PROJ:
         raise MuseVInputError(
             f"{node}: '{input_name}' ({name}) is an IP-Adapter image projection: load it with MuseVIPAdapter "
