@@ -149,8 +149,24 @@ class HostHandle:
 
 # Host features a test needs (``@pytest.mark.host_feature("multigpu")``): tests for a feature the
 # host lacks are *deselected* at collection (not skipped), since the whole tier must run without
-# skips on every supported host.  A file in the ComfyUI tree tells whether it has the feature.
-HOST_FEATURE_FILES = {"multigpu": os.path.join("comfy", "multigpu.py")}
+# skips on every supported host.  The ComfyUI tree's files tell whether it has the feature.
+def _frontend_version(path):
+    """The frontend package version the ComfyUI tree pins (requirements.txt), as a tuple."""
+    try:
+        with open(os.path.join(path, "requirements.txt")) as f:
+            for line in f:
+                if line.strip().startswith("comfyui-frontend-package=="):
+                    return tuple(int(p) for p in line.split("==", 1)[1].strip().split(".")[:3])
+    except (OSError, ValueError):
+        pass
+    return (0,)
+
+
+HOST_FEATURES = {
+    "multigpu": lambda path: os.path.isfile(os.path.join(path, "comfy", "multigpu.py")),
+    # per-input "advanced" widgets: the 1.45 frontend (ComfyUI 0.28) has them, 1.27 (0.3.64) not
+    "frontend_advanced_inputs": lambda path: _frontend_version(path) >= (1, 40),
+}
 
 
 def pytest_configure(config):
@@ -162,8 +178,7 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         marker = item.get_closest_marker("host_feature")
-        if marker is not None and path is not None and not os.path.isfile(
-                os.path.join(path, HOST_FEATURE_FILES[marker.args[0]])):
+        if marker is not None and path is not None and not HOST_FEATURES[marker.args[0]](path):
             drop.append(item)
         else:
             keep.append(item)

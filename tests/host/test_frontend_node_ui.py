@@ -56,14 +56,26 @@ def test_i18n_serves_the_zh_node_definitions(comfy_server):
     assert zh["ParallelDenoiseSampler"]["inputs"]["noise_type"]["tooltip"]
 
 
+def test_expert_knobs_without_advanced_support_are_plain_widgets(frontend):
+    """A frontend without advanced inputs (1.27, ComfyUI 0.3.64) shows the knobs as ordinary widgets
+    and queues them; with the support this is the test below."""
+    node = frontend.add_node("ParallelDenoiseSampler", pos=(60, 40))
+    state = frontend.page.evaluate(WIDGETS_JS, node)
+    for knob in EXPERT_KNOBS:
+        assert knob in state["widgets"], knob
+    frontend.set_widget(node, "w_ind_noise", 0.25)
+    inputs = frontend.page.evaluate(PROMPT_JS, node)
+    assert inputs["w_ind_noise"] == 0.25 and inputs["noise_type"] == "video_fusion"
+
+
+@pytest.mark.host_feature("frontend_advanced_inputs")
 def test_expert_knobs_are_advanced_widgets_like_cores_and_still_queue(frontend):
     """Classic canvas: the knobs carry the same flag as a core V3 node's advanced input
     (CLIPTextEncodeSD3.empty_padding; the 1.45 canvas itself shows both) and their values are
     queued."""
     node = frontend.add_node("ParallelDenoiseSampler", pos=(60, 40))
     state = frontend.page.evaluate(WIDGETS_JS, node)
-    if not state["supportsAdvanced"]:
-        pytest.skip("this frontend has no advanced inputs (ComfyUI 0.3.64's 1.27 shows every input)")
+    assert state["supportsAdvanced"]
     widgets = state["widgets"]
     for knob in EXPERT_KNOBS:
         assert widgets[knob]["advanced"], knob
@@ -77,12 +89,12 @@ def test_expert_knobs_are_advanced_widgets_like_cores_and_still_queue(frontend):
     assert inputs["context_batch_size"] == widgets["context_batch_size"]["value"]
 
 
+@pytest.mark.host_feature("frontend_advanced_inputs")
 def test_vue_nodes_fold_the_expert_knobs(frontend):
     """The Vue-nodes renderer hides advanced inputs behind "Show advanced inputs", as for core nodes."""
     page = frontend.page
     probe = frontend.add_node("ParallelDenoiseSampler", pos=(60, 40))
-    if not frontend.page.evaluate(WIDGETS_JS, probe)["supportsAdvanced"]:
-        pytest.skip("this frontend has no advanced inputs (ComfyUI 0.3.64's 1.27 shows every input)")
+    assert frontend.page.evaluate(WIDGETS_JS, probe)["supportsAdvanced"]
     page.evaluate("async (k) => { await window.app.extensionManager.setting.set(k, true); }", VUE_SETTING)
     try:
         page.wait_for_timeout(500)

@@ -27,22 +27,26 @@ def two_cpu_devices(comfy_host, monkeypatch):
     return devices
 
 
-def _musev_model(comfy_host, standins, variant="musev_referencenet"):
-    """Base checkpoint (core loader: it registers the reload factory deep clones need) -> MuseV
-    motion -> IP-Adapter -> ReferenceNet, all through the pack's nodes."""
+@pytest.fixture(scope="module")
+def musev_chain(comfy_host, standins):
+    """Base checkpoint (core loader: it registers the reload factory deep clones need) -> MuseV motion
+    -> ReferenceNet through the pack's nodes, built once for the module (the IP-Adapter adds nothing
+    device-specific: its tokens are tensors moved to each device; the ReferenceNet is a model)."""
+    import gc
+    import comfy.model_management
     import nodes
     model, clip = nodes.CheckpointLoaderSimple().load_checkpoint(standins.checkpoint)[:2]
     (vae,) = nodes.VAELoader().load_vae(standins.vae)
     motion_nodes = comfy_host.pack("nodes.motion_nodes")
     ref_nodes = comfy_host.pack("nodes.reference_nodes")
-    (m,) = motion_nodes.LoadMuseVMotion().load(model, standins.motion[variant], 8.0, True)
-    clip_vision = nodes.CLIPVisionLoader().load_clip(standins.clip_vision)[0]
+    (m,) = motion_nodes.LoadMuseVMotion().load(model, standins.motion["musev_referencenet"], 8.0, True)
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
-    (m,) = ref_nodes.MuseVIPAdapter().apply(m, clip_vision, image, standins.image_proj[variant], 1.0, 0.0, 1.0)
     (m,) = ref_nodes.MuseVReferenceNet().apply(m, standins.referencenet, vae, image)
     cond = [[clip.encode_from_tokens(clip.tokenize("a girl")), {}]]
     uncond = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
-    return model, m, vae, image, cond, uncond
+    yield model, m, vae, image, cond, uncond
+    comfy.model_management.unload_all_models()
+    gc.collect()
 
 
 def _sample(comfy_host, model, vae, image, cond, uncond, frames):
@@ -72,9 +76,9 @@ def test_without_multigpu_the_pack_does_not_need_it(comfy_host):
 
 
 @pytest.mark.host_feature("multigpu")
-def test_deep_clone_carries_the_whole_patch(comfy_host, standins):
+def test_deep_clone_carries_the_whole_patch(comfy_host, musev_chain):
     patch = comfy_host.pack("nodes.patch")
-    base, m, *_ = _musev_model(comfy_host, standins)
+    base, m, *_ = musev_chain
     before = _snapshot(base.model.diffusion_model)
     device = torch.device("cpu", 0)
     clone = m.deepclone_multigpu(new_load_device=device)
@@ -106,10 +110,10 @@ def test_deep_clone_carries_the_whole_patch(comfy_host, standins):
 
 @pytest.mark.host_feature("multigpu")
 @pytest.mark.parametrize("frames", [FRAMES_ONE_GROUP, FRAMES_GROUPS], ids=["cfg_split", "window_groups"])
-def test_multigpu_work_units_give_the_one_device_result(comfy_host, standins, two_cpu_devices, frames):
+def test_multigpu_work_units_give_the_one_device_result(comfy_host, musev_chain, two_cpu_devices, frames):
     import comfy.multigpu
     patch = comfy_host.pack("nodes.patch")
-    base, m, vae, image, cond, uncond = _musev_model(comfy_host, standins)
+    base, m, vae, image, cond, uncond = musev_chain
     before = _snapshot(base.model.diffusion_model)
     single = _sample(comfy_host, m, vae, image, cond, uncond, frames)
 
@@ -117,6 +121,7 @@ def test_multigpu_work_units_give_the_one_device_result(comfy_host, standins, tw
     clones = split.get_additional_models_with_key("multigpu")
     assert [c.load_device for c in clones] == [two_cpu_devices[1]]
     clone_motion = patch.motion_patcher_of(clones[0]).model.motion
+    assert clone_motion is not patch.motion_patcher_of(m).model.motion
     calls = {"clone": 0}
     spies = [mod.register_forward_hook(lambda *a: calls.__setitem__("clone", calls["clone"] + 1))
              for mod in clone_motion.modules() if getattr(mod, "musev_kind", None) == "temp_conv"]
@@ -127,14 +132,20 @@ def test_multigpu_work_units_give_the_one_device_result(comfy_host, standins, tw
             s.remove()
     assert calls["clone"] > 0, "the second device never ran its own motion model"
     assert multi.shape == single.shape
-    # the same maths on the same CPU, with other batch compositions (cond and uncond are separate
-    # UNet calls on two devices): equal up to float rounding, amplified by the sampler at |x| ~ 1e2
-    # (measured 8e-5 of max|x|; a missing piece on the clone -- motion, vision frame, ReferenceNet,
-    # IP -- moves the result by O(1) of max|x|)
-    assert (multi - single).abs().max().item() <= 2e-4 * single.abs().max().item()
+    # The same maths on the same CPU in other batch compositions: with one window group ComfyUI runs
+    # cond and uncond as separate UNet (and ReferenceNet) calls on the two devices; with window groups
+    # each device runs whole groups.  Float rounding, amplified by CFG 3.5 over the Euler steps at
+    # |x| ~ 260 (random stand-in weights): measured 3.1e-4 (CFG split) and below 2e-4 (groups) of
+    # max|x|.  A piece missing on the clone (motion, vision frame, ReferenceNet) moves it by O(max|x|).
+    rel = (multi - single).abs().max().item() / single.abs().max().item()
+    print(f"\nMultiGPU ({frames} frames) vs one device: max |diff| = {rel:.2e} of max |latent|")
+    assert rel <= 1e-3
     assert _same_snapshot(before, _snapshot(base.model.diffusion_model))
     for c in [m, split] + clones:
         assert patch.count_injected(c.model.diffusion_model) == 0
+    del split, clones
+    import comfy.model_management
+    comfy.model_management.unload_all_models()
 
 
 def test_window_groups_are_split_over_devices(comfy_host):
