@@ -27,6 +27,7 @@ from ..musev_core import keys as K
 from ..musev_core.layout import COND, UNCOND, CallLayout
 from ..musev_core import sigmas as S
 from ..musev_core.motion import CallContext
+from . import interop
 from .host import MuseVInputError, block_channels, host_attention, is_resblock, is_spatial_transformer
 
 log = logging.getLogger("comfyui-musev")
@@ -98,6 +99,8 @@ def get_state(model, node="", input_name="model", required=True):
     if state is None and required:
         raise MuseVInputError(
             f"{node}: the '{input_name}' input has no MuseV motion model: connect LoadMuseVMotion first")
+    if state is not None and required:
+        interop.check_model(model, node, input_name)   # e.g. AnimateDiff applied after LoadMuseVMotion
     return state
 
 
@@ -243,7 +246,9 @@ def attn1_patch(n, context_attn1, value_attn1, extra_options):
 
 class IPAttn2:
     """attn2 replace: text attention + ip_scale · attention to the IP tokens (decoupled) + the
-    IP-Adapter-FaceID term (added last, as MuseV)."""
+    IP-Adapter-FaceID term (added last, as MuseV).  Another pack's attn2 patch at the same block
+    (IPAdapter_plus), which this one shadows, adds its own terms (interop.add_foreign_attn2)."""
+    musev_ip_attn2 = True
 
     def __init__(self, prefix):
         self.prefix = prefix
@@ -252,8 +257,8 @@ class IPAttn2:
         call = extra_options.get(CALL_KEY)
         heads = extra_options["n_heads"]
         if call is None:
-            return host_attention(q, k, v, heads)
-        out = call.ip_attention(self.prefix, q, k, v, heads)
+            return interop.add_foreign_attn2(host_attention(q, k, v, heads), q, k, v, extra_options)
+        out = interop.add_foreign_attn2(call.ip_attention(self.prefix, q, k, v, heads), q, k, v, extra_options)
         return call.face_attention(self.prefix, q, out, heads)
 
     def __deepcopy__(self, memo):
@@ -358,6 +363,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         attn_fn=host_attention,
     )
     transformer_options[CALL_KEY] = call
+    transformer_options[interop.FOREIGN_ATTN2_KEY] = interop.shadowed_attn2(transformer_options)
     norms = _spatial_outer_norms(executor.class_obj)
     saved = [n.eps for n in norms]
     for n in norms:
@@ -368,6 +374,7 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         for n, e in zip(norms, saved):
             n.eps = e
         transformer_options.pop(CALL_KEY, None)
+        transformer_options.pop(interop.FOREIGN_ATTN2_KEY, None)
 
 
 _NORMS = weakref.WeakKeyDictionary()
@@ -455,6 +462,7 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
     previous = to.get(RUN_KEY)
     run = to[RUN_KEY] = MuseVRun()
     try:
+        interop.check_sampling(guider)   # AnimateDiff-Evolved & co. applied after our nodes
         if state is not None:
             run.timesteps = MuseVTimesteps.for_model(guider.model_patcher)
         if state is not None and state.vision is not None:
@@ -554,11 +562,11 @@ def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, nod
     if get_state(model, required=False) is not None:
         raise MuseVInputError(
             f"{node}: the 'model' input already carries a MuseV motion model; connect the plain base MODEL")
-    if any(k != STATE_KEY and k.startswith("ADE") for k in model.additional_models) or "ADE" in model.injections:
-        raise MuseVInputError(f"{node}: the MODEL already has an AnimateDiff motion model: MuseV and AnimateDiff "
-                              "cannot be stacked; use the plain base MODEL")
+    interop.refuse_ade(model, node, "the 'model' input")
     motion = motion_patcher.model.motion
     check_fits(unet, motion, node)
+    # (block, id) attn2 patches (IPAdapter_plus) are kept and composed with MuseV's IP-Adapter
+    interop.check_attn2_slots(model.model_options, [K.ip_attn2_key(p, motion.layers) for p in motion.ip_prefixes], node)
     m = model.clone()
     m.set_additional_models(STATE_KEY, [motion_patcher])
     m.set_injections(STATE_KEY, [_make_injection()])
@@ -566,12 +574,8 @@ def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, nod
     if motion.flags.keep_vision_condition:
         m.set_model_emb_patch(emb_patch)
     m.set_model_attn1_patch(attn1_patch)
-    replaced = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for prefix in motion.ip_prefixes:
         key = K.ip_attn2_key(prefix, motion.layers)
-        if key in replaced or key[:2] in replaced:
-            raise MuseVInputError(f"{node}: another node (IPAdapter?) already replaced attn2 at {key}; "
-                                  "MuseV brings its own IP-Adapter: remove the other one or apply it after MuseV")
         m.set_model_attn2_replace(IPAttn2(prefix), key[0], key[1], key[2])
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, STATE_KEY, apply_model_wrapper)
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, STATE_KEY, diffusion_model_wrapper)
