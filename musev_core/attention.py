@@ -1,4 +1,10 @@
-"""Default attention kernel and the ``ops`` namespace used when no host provides its own."""
+"""Default attention kernel and the ``ops`` namespace used when no host provides its own.
+
+Precision: ``sdpa_attention`` is PyTorch's fused kernel, which accumulates the scores of half-precision
+inputs in float32 on every device (checked on CPU in tests/host/test_precision.py), so MuseV's
+layers never overflow with it.  Hosts pass their own attention function (``nodes/host.py``
+``host_attention``), which must give the same guarantee for every backend it may pick.
+"""
 import types
 
 import torch
@@ -23,13 +29,17 @@ def sdpa_attention(q, k, v, heads):
     return out.transpose(1, 2).reshape(b, lq, inner)
 
 
+class AttentionShapeError(ValueError):
+    """An attention width that does not split into the requested number of heads."""
+
+
 class AttentionProjections(torch.nn.Module):
     """``to_q``/``to_k``/``to_v`` (no bias) and ``to_out.0`` (bias), diffusers' key names."""
 
     def __init__(self, dim, heads, ops=DEFAULT_OPS, dtype=None, device=None):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        if not isinstance(heads, int) or heads < 1 or dim % heads:
+            raise AttentionShapeError(f"attention width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.to_q = ops.Linear(dim, dim, bias=False, dtype=dtype, device=device)
         self.to_k = ops.Linear(dim, dim, bias=False, dtype=dtype, device=device)

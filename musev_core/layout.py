@@ -27,6 +27,7 @@ class CallLayout:
     segments: list
     rows: int
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    chunks: int = 0                  # guidance chunks (equal blocks of consecutive rows), 0 = unknown
 
     @classmethod
     def build(cls, rows, chunk_roles, chunk_segments):
@@ -46,7 +47,50 @@ class CallLayout:
                     raise ValueError(f"MuseV layout: {n_vis} vision frames in a {frames}-frame segment")
                 segs.append(Segment(row, frames, n_vis, int(role)))
                 row += frames
-        return cls(segs, rows)
+        return cls(segs, rows, chunks=k)
+
+    @classmethod
+    def reuse(cls, store, rows, chunk_roles, chunk_segments):
+        """:meth:`build`, memoised in ``store`` (a per-run dict): every call of a sampling run with the
+        same structure gets the same layout object, so its index tensors (:meth:`row_index`, per
+        device) are built and uploaded once per run instead of once per call."""
+        if store is None:
+            return cls.build(rows, chunk_roles, chunk_segments)
+        key = ("layout", int(rows), tuple(int(r) for r in chunk_roles),
+               tuple((int(n), int(f)) for n, f in chunk_segments))
+        layout = store.get(key)
+        if layout is None:
+            layout = store[key] = cls.build(rows, chunk_roles, chunk_segments)
+        return layout
+
+    def chunk_starts(self, device):
+        """(chunks,) first row of every guidance chunk (the chunks are equal blocks of rows)."""
+        key = ("chunk_starts", str(device))
+        if key not in self._cache:
+            per = self.rows // self.chunks
+            self._cache[key] = torch.arange(0, self.rows, per, dtype=torch.long).to(device)
+        return self._cache[key]
+
+    def chunk_roles(self, device):
+        """(chunks,) guidance role of every chunk."""
+        key = ("chunk_roles", str(device))
+        if key not in self._cache:
+            per = self.rows // self.chunks
+            roles = {s.start // per: s.role for s in self.segments}
+            self._cache[key] = torch.tensor([roles[j] for j in range(self.chunks)], dtype=torch.long).to(device)
+        return self._cache[key]
+
+    def role_runs(self):
+        """``[(start, stop, role)]``: maximal runs of consecutive rows with one guidance role."""
+        if "role_runs" not in self._cache:
+            runs = []
+            for s in self.segments:
+                if runs and runs[-1][2] == s.role and runs[-1][1] == s.start:
+                    runs[-1] = (runs[-1][0], s.start + s.frames, s.role)
+                else:
+                    runs.append((s.start, s.start + s.frames, s.role))
+            self._cache["role_runs"] = runs
+        return self._cache["role_runs"]
 
     @property
     def n_vis(self):

@@ -167,6 +167,13 @@ class MuseVMotionModel(torch.nn.Module):
             "unused": sorted(motion - expected),
         }
 
+    def ref_index(self, key):
+        """Which of the 13 ReferenceNet features the fusion module ``key`` takes."""
+        table = self.__dict__.get("_ref_index_table")
+        if table is None:
+            table = self.__dict__["_ref_index_table"] = {p.key: p.ref_index for p in self.placements}
+        return table[key]
+
     def module_at(self, prefix):
         mod = self
         for p in prefix.split("."):
@@ -211,19 +218,36 @@ class CallContext:
     ip_scale: float = 1.0
     face: object = None                # faceid.FaceCall (IP-Adapter-FaceID term) or None
     attn_fn: object = sdpa_attention
-    _femb: dict = field(default_factory=dict)
-    _ref_kv: dict = field(default_factory=dict)
-    _ip_kv: dict = field(default_factory=dict)
+    # Per-run store (one dict per device, kept by the host for a whole sampling run) of what is the
+    # same for every call: frame embeddings, the ReferenceNet K/V of the 13 fusions, the IP K/V.
+    # None: computed once per call (a call outside a sampling run).
+    constants: dict = None
+    # Every guidance chunk's rows share one text context (the host said so): the text/IP attention
+    # of attn2 runs once per chunk with the chunk's rows folded into the query sequence, and the
+    # host may hand over one text row per chunk (``reduce_text_context``, blocks in ``fold_blocks``).
+    text_fold: bool = False
+    fold_blocks: frozenset = frozenset()
+    _local: dict = field(default_factory=dict)
+
+    def constant(self, key, sources, build):
+        """``build()`` computed once and reused (per run when ``constants`` is given, else per call)
+        for as long as ``sources`` are the very same objects (the providers hand out the same
+        tensors for a whole run; anything else is recomputed)."""
+        store = self._local if self.constants is None else self.constants
+        hit = store.get(key)
+        if hit is not None and len(hit[0]) == len(sources) and all(a is b for a, b in zip(hit[0], sources)):
+            return hit[1]
+        value = build()
+        store[key] = (tuple(sources), value)
+        return value
 
     # -- frame embedding -----------------------------------------------------------------
     def femb(self, frames, device, dtype):
-        key = (frames, str(device), dtype)
-        if key not in self._femb:
-            flags = self.motion.flags
-            rate = self.frame_rate if flags.anivv1 else None
-            self._femb[key] = self.motion.frame_embedding(frames, rate, extra_silu=flags.anivv1,
-                                                          device=device, dtype=dtype)
-        return self._femb[key]
+        flags = self.motion.flags
+        rate = self.frame_rate if flags.anivv1 else None
+        key = ("femb", id(self.motion), frames, rate, str(device), dtype)
+        return self.constant(key, (), lambda: self.motion.frame_embedding(
+            frames, rate, extra_silu=flags.anivv1, device=device, dtype=dtype))
 
     # -- injected modules ------------------------------------------------------------------
     def run_injected(self, module, x):
@@ -240,63 +264,95 @@ class CallContext:
         if kind == "refer_fuse":
             if not self.refer:
                 return x
-            return module.fuse(x, self._ref_tokens_fn(module, x), attn_fn=self.attn_fn)
+            return module.fuse(x, self._ref_kv(module, x), attn_fn=self.attn_fn)
         raise ValueError(kind)
 
-    def _ref_index(self, module):
-        for p in self.motion.placements:
-            if p.key == module.musev_key:
-                return p.ref_index
-        raise KeyError(module.musev_key)
+    def _ref_kv(self, module, x):
+        """``[(start, stop, k, v)]`` for the fusion ``module``: every run of rows of one guidance role
+        with the projected reference tokens (Lr, C) of that role (computed once per run)."""
+        idx = self.motion.ref_index(module.musev_key)
+        per_role = {}
+        for role in self.layout.roles():
+            feats = self.refer.get(role)
+            if feats is None:
+                raise ValueError(f"ReferenceNet features are missing for guidance role {role}")
+            feat = feats[idx]
 
-    def _ref_tokens_fn(self, module, x):
-        idx = self._ref_index(module)
-        role_rows = self.layout.row_index("role", x.device)
-
-        def project(linear):
-            key = (module.musev_key, id(linear))
-            if key not in self._ref_kv:
-                per_role = {}
-                for role in self.layout.roles():
-                    feats = self.refer.get(role)
-                    if feats is None:
-                        raise ValueError(f"ReferenceNet features are missing for guidance role {role}")
-                    tokens = feature_tokens(feats[idx]).to(device=x.device, dtype=x.dtype)
-                    if tokens.shape[-1] != x.shape[1]:
-                        raise ValueError(
-                            f"ReferenceNet feature {idx} has {tokens.shape[-1]} channels where the UNet has "
-                            f"{x.shape[1]}: the ReferenceNet does not belong to this base model")
-                    per_role[role] = linear(tokens)[0]
-                stacked = torch.stack([per_role.get(r, per_role[next(iter(per_role))]) for r in range(max(per_role) + 1)])
-                self._ref_kv[key] = stacked
-            return self._ref_kv[key][role_rows]
-        return project
+            def project(feat=feat):
+                tokens = feature_tokens(feat).to(device=x.device, dtype=x.dtype)
+                if tokens.shape[-1] != x.shape[1]:
+                    raise ValueError(
+                        f"ReferenceNet feature {idx} has {tokens.shape[-1]} channels where the UNet has "
+                        f"{x.shape[1]}: the ReferenceNet does not belong to this base model")
+                k, v = module.project_reference(tokens)
+                return k[0], v[0]
+            key = ("refer_kv", id(module), role, str(x.device), x.dtype)
+            per_role[role] = self.constant(key, (feat,), project)
+        return [(start, stop) + per_role[role] for start, stop, role in self.layout.role_runs()]
 
     # -- attention patches -----------------------------------------------------------------
     def reference_only_context(self, n):
         return extend_self_attention_context(n, self.layout)
 
+    def reduce_text_context(self, block, context, value):
+        """attn2 K/V inputs of ``block`` with one row per guidance chunk (when the chunks' rows share a
+        text context and this block's attn2 is MuseV's, which expands them): the host then projects
+        ``chunks`` rows instead of ``rows``.  Unchanged otherwise."""
+        if not self.text_fold or block not in self.fold_blocks or context is None or context.shape[0] != self.layout.rows:
+            return context, value
+        starts = self.layout.chunk_starts(context.device)
+        reduced = context[starts]
+        if value is context:
+            return reduced, reduced
+        return reduced, (value if value is None or value.shape[0] != self.layout.rows else value[starts])
+
+    def _folded(self, q, k, v):
+        """``(q, k, v)`` with the rows of every guidance chunk folded into one query sequence and one
+        K/V row per chunk (attention is per query, so the result is the same), or None."""
+        lay = self.layout
+        if not self.text_fold or not lay.chunks or q.shape[0] != lay.rows or k.shape[0] not in (lay.rows, lay.chunks):
+            return None
+        if k.shape[0] != lay.chunks:
+            starts = lay.chunk_starts(k.device)
+            k, v = k[starts], v[starts]
+        return q.reshape(lay.chunks, -1, q.shape[-1]), k, v
+
+    def text_attention(self, q, k, v, heads):
+        folded = self._folded(q, k, v)
+        if folded is None:
+            return self.attn_fn(q, k, v, heads)
+        return self.attn_fn(*folded, heads).reshape(q.shape[0], q.shape[1], -1)
+
     def ip_attention(self, prefix, q, k, v, heads):
         if not self.ip_tokens or self.ip_scale == 0:
-            return self.attn_fn(q, k, v, heads)
-        key = (prefix, str(q.device), q.dtype)
-        if key not in self._ip_kv:
+            return self.text_attention(q, k, v, heads)
+        roles = self.layout.roles()
+        missing = [r for r in roles if self.ip_tokens.get(r) is None]
+        if missing:
+            raise ValueError(f"IP-Adapter tokens are missing for guidance role {missing[0]}")
+        sources = tuple(self.ip_tokens[r] for r in roles)
+
+        def project():                     # once per run: the image tokens' to_k_ip / to_v_ip
             mod = self.motion.module_at(prefix)
             kk, vv = {}, {}
-            for role in self.layout.roles():
-                tok = self.ip_tokens.get(role)
-                if tok is None:
-                    raise ValueError(f"IP-Adapter tokens are missing for guidance role {role}")
+            for role, tok in zip(roles, sources):
                 tok = tok.to(device=q.device, dtype=q.dtype)
                 kk[role], vv[role] = mod.to_k_ip(tok)[0], mod.to_v_ip(tok)[0]
             first = next(iter(kk))
             n_roles = max(kk) + 1
-            self._ip_kv[key] = (torch.stack([kk.get(r, kk[first]) for r in range(n_roles)]),
-                                torch.stack([vv.get(r, vv[first]) for r in range(n_roles)]))
-        k_all, v_all = self._ip_kv[key]
+            return (torch.stack([kk.get(r, kk[first]) for r in range(n_roles)]),
+                    torch.stack([vv.get(r, vv[first]) for r in range(n_roles)]))
+        key = ("ip_kv", id(self.motion), prefix, tuple(roles), str(q.device), q.dtype)
+        k_all, v_all = self.constant(key, sources, project)
         role_rows = self.layout.row_index("role", q.device)
         if q.shape[0] != role_rows.shape[0]:
             raise ValueError(f"IP attention got {q.shape[0]} rows for a {role_rows.shape[0]}-row layout")
+        folded = self._folded(q, k, v)
+        if folded is not None:             # one text and one IP attention per guidance chunk
+            chunk_roles = self.layout.chunk_roles(q.device)
+            out = decoupled_cross_attention(*folded, k_all[chunk_roles], v_all[chunk_roles], heads, self.ip_scale,
+                                            self.attn_fn)
+            return out.reshape(q.shape[0], q.shape[1], -1)
         return decoupled_cross_attention(q, k, v, k_all[role_rows], v_all[role_rows], heads, self.ip_scale, self.attn_fn)
 
     def face_attention(self, prefix, q, out, heads):

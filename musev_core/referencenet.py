@@ -20,15 +20,29 @@ def feature_tokens(feature):
 
 
 class ReferEmbFuseAttention(AttentionProjections):
-    def fuse(self, x, ref_tokens_per_row, attn_fn=sdpa_attention):
-        """``x``: (rows, C, h, w); ``ref_tokens_per_row``: callable(projection) -> (rows, Lr, C),
-        the projected reference tokens of each row's sample.  Returns ``x + attn``."""
+    def project_reference(self, tokens):
+        """``(k, v)``, each (n, Lr, C): the reference tokens' keys/values.  The same for every call of
+        a sampling run, so callers compute them once per run (see ``CallContext``)."""
+        return self.to_k(tokens), self.to_v(tokens)
+
+    def fuse(self, x, ref_kv, attn_fn=sdpa_attention):
+        """``x``: (rows, C, h, w); ``ref_kv``: ``[(start, stop, k, v)]``, row ranges covering every row
+        with the projected reference keys/values (Lr, C) of their sample (:meth:`project_reference`).
+        Returns ``x + attn``: keys/values ``[reference ; own tokens]`` (reference first, MuseV's order).
+        The reference part is written straight into the key/value buffers (no per-row gather)."""
         rows, c, h, w = x.shape
-        tokens = x.reshape(rows, c, h * w).transpose(1, 2)
-        k = torch.cat([ref_tokens_per_row(self.to_k), self.to_k(tokens)], dim=1)
-        v = torch.cat([ref_tokens_per_row(self.to_v), self.to_v(tokens)], dim=1)
-        out = attn_fn(self.to_q(tokens), k, v, self.heads)
-        out = self.to_out[0](out)
+        tokens = x.reshape(rows, c, h * w).transpose(1, 2).contiguous()   # one copy, read by q, k and v
+        q = self.to_q(tokens)
+        lr = ref_kv[0][2].shape[0]
+        kv = []
+        for proj, which in ((self.to_k, 2), (self.to_v, 3)):
+            own = proj(tokens)
+            buf = own.new_empty((rows, lr + own.shape[1], own.shape[2]))
+            buf[:, lr:] = own
+            for item in ref_kv:
+                buf[item[0]:item[1], :lr] = item[which]
+            kv.append(buf)
+        out = self.to_out[0](attn_fn(q, kv[0], kv[1], self.heads))
         return x + out.transpose(1, 2).reshape(rows, c, h, w)
 
 

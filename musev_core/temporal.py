@@ -48,6 +48,36 @@ class FrameEmbedding(torch.nn.Module):
         return F.silu(emb) if extra_silu else emb
 
 
+class _TimeConvForward:
+    """Mixin for an ``ops.Conv3d`` with a ``(k, 1, 1)`` kernel: the convolution itself runs as a 2-D
+    convolution over ``(T, h·w)`` (the same sums; PyTorch's CPU conv3d kernel takes about twice as
+    long for this shape).  Only ``_conv_forward`` is replaced, so the weights stay 5-D (state dict
+    unchanged) and the host's casting / offloading in ``forward`` is untouched."""
+
+    def _conv_forward(self, input, weight, bias, *args, **kwargs):
+        if (args or kwargs.get("autopad") is not None or input.ndim != 5 or weight.ndim != 5
+                or tuple(weight.shape[-2:]) != (1, 1) or self.padding_mode != "zeros"
+                or not isinstance(self.padding, tuple) or tuple(self.padding[1:]) != (0, 0)
+                or tuple(self.stride[1:]) != (1, 1) or tuple(self.dilation[1:]) != (1, 1)):
+            return super()._conv_forward(input, weight, bias, *args, **kwargs)
+        n, c, t, h, w = input.shape
+        out = F.conv2d(input.reshape(n, c, t, h * w), weight.squeeze(-1), bias, (self.stride[0], 1),
+                       (self.padding[0], 0), (self.dilation[0], 1), self.groups)
+        return out.reshape(n, out.shape[1], out.shape[2], h, w)
+
+
+_TIME_CONV_CLASSES = {}
+
+
+def time_conv_class(conv3d):
+    """``conv3d`` (``torch.nn.Conv3d`` or a host's ops class) with :class:`_TimeConvForward`."""
+    cls = _TIME_CONV_CLASSES.get(conv3d)
+    if cls is None:
+        cls = type(f"TimeConv{conv3d.__name__}", (_TimeConvForward, conv3d), {"__module__": __name__})
+        _TIME_CONV_CLASSES[conv3d] = cls
+    return cls
+
+
 class TemporalConvLayer(torch.nn.Module):
     """Four stacked (GroupNorm32, SiLU, Conv3d (3,1,1)) over time; ``x + |w| * h``.
 
@@ -56,12 +86,13 @@ class TemporalConvLayer(torch.nn.Module):
     def __init__(self, channels, ops=DEFAULT_OPS, dtype=None, device=None):
         super().__init__()
         self.channels = channels
+        conv3d = time_conv_class(ops.Conv3d)
 
         def stage(conv_index):
             layers = [ops.GroupNorm(32, channels, eps=1e-5, dtype=dtype, device=device), torch.nn.SiLU()]
             if conv_index == 3:
                 layers.append(torch.nn.Dropout(0.0))
-            layers.append(ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0), dtype=dtype, device=device))
+            layers.append(conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0), dtype=dtype, device=device))
             return torch.nn.Sequential(*layers)
 
         self.conv1 = stage(2)
@@ -76,7 +107,7 @@ class TemporalConvLayer(torch.nn.Module):
         h = x.permute(0, 2, 1, 3, 4)          # S C T h w
         h = self.conv4(self.conv3(self.conv2(self.conv1(h))))
         h = h.permute(0, 2, 1, 3, 4)
-        return identity + self.temporal_weight.abs().to(device=h.device, dtype=h.dtype) * h
+        return torch.addcmul(identity, self.temporal_weight.abs().to(device=h.device, dtype=h.dtype), h)
 
 
 class GEGLUFeedForward(torch.nn.Module):
@@ -132,15 +163,19 @@ class TemporalTransformer(torch.nn.Module):
     def forward(self, x, femb, attn_fn=sdpa_attention):
         """``x``: (S, T, C, h, w); ``femb``: (T, femb_dim) -> (S, T, C, h, w)."""
         s, t, c, h, w = x.shape
-        y = self.norm(x.permute(0, 2, 1, 3, 4))                  # S C T h w (stats over C/32, T, h, w)
-        y = y.permute(0, 3, 4, 2, 1).reshape(s * h * w, t, c)     # (S h w) T C
+        # One copy into the transformer's layout (S h w T C); the GroupNorm (stats over C/32, T, h, w)
+        # reads it as a channels-last (S, C, h, w, T) tensor, which PyTorch's CPU kernel normalises in
+        # place of layout (other devices may copy, as the plain permute did).
+        y = x.permute(0, 3, 4, 1, 2).contiguous()                # S h w T C
+        y = self.norm(y.permute(0, 4, 1, 2, 3))                  # (S, C, h, w, T) view
+        y = y.permute(0, 2, 3, 4, 1).reshape(s * h * w, t, c)     # (S h w) T C
         y = self.proj_in(y)
         y = y + self.frame_emb_proj(F.silu(femb.to(y.dtype)))[None]
         for block in self.transformer_blocks:
             y = block(y, attn_fn=attn_fn)
         y = self.proj_out(y)
         y = y.reshape(s, h, w, t, c).permute(0, 3, 4, 1, 2)      # S T C h w
-        return x + self.temporal_weight.abs().to(device=y.device, dtype=y.dtype) * y
+        return torch.addcmul(x, self.temporal_weight.abs().to(device=y.device, dtype=y.dtype), y)
 
 
 def per_segment(layout, x, fn):

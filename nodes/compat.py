@@ -15,6 +15,8 @@ What differs, and where it is handled:
 * Per-input ``advanced`` flag for V1 nodes (0.28 frontend folds them away): :func:`advanced`.
 * ``ModelPatcher.cached_patcher_init`` (0.28: how deep clones rebuild a model on another device):
   :func:`set_reload_factory`.
+* Free memory for batching: ``ModelPatcher.get_free_memory`` (0.28) or
+  ``model_management.get_free_memory``: :func:`free_memory`.
 * ``comfy.utils.load_torch_file`` unpickles ``.ckpt``/``.bin``/``.pth`` with ``weights_only`` always on
   0.28; 0.3.64 only when torch has ``add_safe_globals`` (``ALWAYS_SAFE_LOAD``): :func:`torch_files_load_safely`.
   (``comfy.diffusers_load``, ``comfy.sd.load_clip``/``load_diffusion_model_state_dict``/``VAE`` and
@@ -89,6 +91,21 @@ def context_window(index_list, total_frames, context_overlap=0):
     if _accepts(init, "context_overlap"):
         kw["context_overlap"] = int(context_overlap)
     return IndexListContextWindow(list(index_list), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# memory
+
+def free_memory(model, device):
+    """Free memory on ``device`` as ComfyUI's own cond batching (``samplers._calc_cond_batch``) sees
+    it: 0.28 asks the model's patcher (``ModelPatcher.get_free_memory``, which also counts memory its
+    dynamic offloading can give back), older hosts ``model_management.get_free_memory``."""
+    import comfy.model_management
+    patcher = getattr(model, "current_patcher", None) or (model if hasattr(model, "model_options") else None)
+    fn = getattr(patcher, "get_free_memory", None)
+    if callable(fn):
+        return fn(device)
+    return comfy.model_management.get_free_memory(device)
 
 
 # ------------------------------------------------------------------------------------------------

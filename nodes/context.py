@@ -26,11 +26,38 @@ from .patch import RUN_KEY, STATE_KEY, WINDOW_KEY
 
 log = logging.getLogger("comfyui-musev")
 
-PROGRESS_KEY = "musev_progress"   # optional callable(n) in transformer_options: advanced once per window group
+PROGRESS_KEY = "musev_progress"   # optional callable(n) in transformer_options: advanced by the windows done
+
+AUTO_BATCH = 0          # context_batch_size 0: as many windows per UNet call as the device's free memory allows
+MAX_BATCH = 64          # the input's maximum; auto never takes more windows per call
+# MuseV's layers on top of ComfyUI's SD1.5 activation estimate (``BaseModel.memory_required``): the
+# temporal transformers and convs, attn1 K/V doubled by ReferenceOnly, the 13 fusions' K/V.  A
+# margin, not a measurement: bench/gpu.py prints the measured peak next to this estimate.
+MUSEV_MEMORY_FACTOR = 1.5
+BATCH_MARGIN = 1.5      # ComfyUI's own margin when it batches conds (samplers._calc_cond_batch)
+AUTO_KEY = "musev_auto_batch"
+
+
+def check_batch_size(value, node):
+    """``context_batch_size``: 0 = auto, else 1..MAX_BATCH windows per UNet call; clear error otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MuseVInputError(f"{node}: 'context_batch_size' is {value!r}: use 0 (auto: as many windows per UNet call "
+                              f"as free memory allows) or 1..{MAX_BATCH}")
+    return value
+
+
+def low_vram(model):
+    """True where batching windows would compete with the weights for memory: ComfyUI runs in a
+    low/no-VRAM mode, or the model is only partly loaded (lowvram offloading)."""
+    mm = comfy.model_management
+    if mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM):
+        return True
+    base = model.model if hasattr(model, "model_options") else model     # ModelPatcher or BaseModel
+    return bool(getattr(base, "model_lowvram", False))
 
 
 class MuseVContextHandler(ContextHandlerABC):
-    def __init__(self, schedule="uniform_v2", context_frames=12, context_overlap=4, context_batch_size=1,
+    def __init__(self, schedule="uniform_v2", context_frames=12, context_overlap=4, context_batch_size=AUTO_BATCH,
                  context_stride=1):
         super().__init__()
         self.schedule = schedule
@@ -41,6 +68,7 @@ class MuseVContextHandler(ContextHandlerABC):
         # what ComfyUI's own handler exposes and other code may read
         self.context_length = self.context_frames
         self.dim = 0
+        self.last_auto = None       # (windows per call, details) of the latest auto decision: logs/benchmarks only
 
     def __deepcopy__(self, memo):
         return self
@@ -48,13 +76,63 @@ class MuseVContextHandler(ContextHandlerABC):
     def windows(self, n_frames):
         return W.get_windows(self.schedule, n_frames, self.context_frames, self.context_overlap, self.context_stride)
 
-    def groups(self, n_frames):
-        return W.batch_windows(self.windows(n_frames), self.context_batch_size)
+    def groups(self, n_frames, batch_size=None):
+        """Window groups, one per UNet call: ``batch_size`` windows each (default: the handler's; auto
+        before it is resolved counts as 1)."""
+        k = self.context_batch_size if batch_size is None else int(batch_size)
+        return W.batch_windows(self.windows(n_frames), max(1, k))
 
-    def call_rows(self, n_frames, n_vis=0):
+    def call_rows(self, n_frames, n_vis=0, batch_size=None):
         """Latent rows of the largest UNet call per guidance chunk: one window group, each window with
         the vision frame(s) in front.  The same for every video length once it exceeds one group."""
-        return max(sum(len(w) + n_vis for w in group) for group in self.groups(max(1, int(n_frames))))
+        return max(sum(len(w) + n_vis for w in group) for group in self.groups(max(1, int(n_frames)), batch_size))
+
+    # auto batch size ------------------------------------------------------------------------------
+    def memory_for(self, model, n_frames, n_vis, latent_shape, batch_size, n_conds=2):
+        """Bytes one UNet call of ``batch_size`` windows needs by ComfyUI's estimate
+        (``memory_required`` of its rows: ``n_conds`` guidance chunks of the largest window group,
+        vision frames included) times MuseV's factor: the figure auto batching compares with free
+        memory (with ComfyUI's margin)."""
+        rows = n_conds * self.call_rows(n_frames, n_vis, batch_size)
+        base = model.model if hasattr(model, "model_options") else model     # ModelPatcher or BaseModel
+        return base.memory_required([rows] + list(latent_shape[1:])) * MUSEV_MEMORY_FACTOR
+
+    def auto_batch_size(self, model, n_frames, n_vis, latent_shape, devices, n_conds=2):
+        """``(k, details)``: the most windows per UNet call whose estimated memory (:meth:`memory_for`,
+        times ComfyUI's batching margin) fits the free memory of every device in ``devices``; 1 under
+        low VRAM.  Under MultiGPU at most ceil(windows / devices), so every device keeps a group."""
+        n_windows = len(self.windows(max(1, int(n_frames))))
+        if low_vram(model):
+            return 1, "low VRAM"
+        k_max = min(MAX_BATCH, n_windows)
+        if len(devices) > 1:
+            k_max = min(k_max, -(-n_windows // len(devices)))
+        free = min(compat.free_memory(model, d) for d in devices)
+        k = 1
+        for cand in range(k_max, 1, -1):
+            if self.memory_for(model, n_frames, n_vis, latent_shape, cand, n_conds) * BATCH_MARGIN < free:
+                k = cand
+                break
+        need = self.memory_for(model, n_frames, n_vis, latent_shape, k, n_conds)
+        return k, f"{free / 2**30:.1f} GiB free, {need / 2**30:.2f} GiB estimated per call, {n_windows} windows"
+
+    def resolve_batch_size(self, model, n_frames, n_vis, latent_shape, model_options, device, n_conds=2):
+        """The windows per UNet call of this sampling run: the fixed ``context_batch_size``, or auto's
+        choice, made once per run (at PREPARE_SAMPLING, right after ComfyUI loaded the models, or at the
+        first step) and kept in the run so that every step batches alike."""
+        if self.context_batch_size != AUTO_BATCH:
+            return self.context_batch_size
+        to = (model_options or {}).get("transformer_options", {})
+        run = to.get(RUN_KEY)
+        key = (AUTO_KEY, int(n_frames), int(n_vis), tuple(int(v) for v in latent_shape[1:]))
+        cache = run.cache if run is not None else {}
+        if key not in cache:
+            devices = list((model_options or {}).get("multigpu_clones") or ()) or [device]
+            k, details = self.auto_batch_size(model, n_frames, n_vis, latent_shape, devices, n_conds)
+            cache[key] = k
+            self.last_auto = (k, details)
+            log.info("MuseV: context_batch_size auto: %d window(s) per UNet call (%s)", k, details)
+        return cache[key]
 
     # ContextHandlerABC ------------------------------------------------------------------------
     def should_use_context(self, model, conds, x_in, timestep, model_options):
@@ -87,10 +165,12 @@ class MuseVContextHandler(ContextHandlerABC):
 
     def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):
         n = x_in.shape[0]
-        groups = self.groups(n)
+        to = model_options.get("transformer_options", {})
+        n_vis = _n_vis(to)
+        groups = self.groups(n, self.resolve_batch_size(model, n, n_vis, tuple(x_in.shape), model_options, x_in.device,
+                                                         n_conds=max(1, sum(c is not None for c in conds))))
         outs = [torch.zeros_like(x_in) for _ in conds]
         counts = torch.zeros(n, device=x_in.device, dtype=x_in.dtype)
-        to = model_options.get("transformer_options", {})
         progress = to.get(PROGRESS_KEY)
 
         def run_group(group, options):
@@ -106,7 +186,7 @@ class MuseVContextHandler(ContextHandlerABC):
             results = calc_cond_batch(model, sub_conds, x_in[flat], timestep[flat] if timestep.shape[0] == n else timestep,
                                       sub_options)
             if progress is not None:
-                progress(1)
+                progress(len(group))
             return results
 
         # Averaged in window order whatever ran where, so that MultiGPU lanes give the one-device sum.
@@ -184,18 +264,38 @@ def evaluate_groups(groups, run_group, model_options):
 # ------------------------------------------------------------------------------------------------
 # PREPARE_SAMPLING: memory for one window group, not the whole video
 
+def _n_vis(transformer_options):
+    """Vision-condition frames in front of every window of this run (0 without a condition)."""
+    run = transformer_options.get(RUN_KEY)
+    vision = getattr(run, "vision", None)
+    if vision is None:
+        vision = getattr(transformer_options.get(STATE_KEY), "vision", None)
+    return 0 if vision is None else int(vision.shape[0])
+
+
 def prepare_sampling_wrapper(executor, model, noise_shape, conds, *args, **kwargs):
     """ComfyUI sizes the memory it frees before sampling from the noise shape; with MuseV's windows
     one UNet call only ever sees one window group (plus the vision frame(s) of every window), so
-    the estimate is for that many rows whatever the video's length (as core's context windows do)."""
+    the estimate is for that many rows whatever the video's length (as core's context windows do).
+
+    ``context_batch_size`` auto: ComfyUI is asked for one window (the fallback auto may always take:
+    never a partial load of the weights for batching's sake); right after it has loaded the models,
+    auto picks the most windows per call whose estimate (the same ``memory_required`` of the same
+    rows, :meth:`MuseVContextHandler.memory_for`) fits what is free, and keeps it for the run."""
     model_options = kwargs.get("model_options")
     handler = (model_options or {}).get("context_handler")
-    if isinstance(handler, MuseVContextHandler) and len(noise_shape) == 4:
-        state = model_options.get("transformer_options", {}).get(STATE_KEY)
-        vision = getattr(state, "vision", None)
-        n_vis = 0 if vision is None else int(vision.shape[0])
-        noise_shape = [handler.call_rows(noise_shape[0], n_vis)] + list(noise_shape[1:])
-    return executor(model, noise_shape, conds, *args, **kwargs)
+    if not (isinstance(handler, MuseVContextHandler) and len(noise_shape) == 4):
+        return executor(model, noise_shape, conds, *args, **kwargs)
+    to = model_options.get("transformer_options", {})
+    n_vis = _n_vis(to)
+    n_frames = int(noise_shape[0])
+    rows = handler.call_rows(n_frames, n_vis, 1 if handler.context_batch_size == AUTO_BATCH else None)
+    out = executor(model, [rows] + list(noise_shape[1:]), conds, *args, **kwargs)
+    if handler.context_batch_size == AUTO_BATCH:
+        n_conds = max(1, sum(1 for c in (conds or {}).values() if c)) if isinstance(conds, dict) else 2
+        handler.resolve_batch_size(model, n_frames, n_vis, tuple(noise_shape), model_options, model.load_device,
+                                   n_conds=min(2, n_conds))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,6 +328,21 @@ def _hint_rows(total_hints, n_vis, n_frames, windows):
         vis = [0] * n_vis
         return [r for w in windows for r in vis + list(w)]
     return None
+
+
+def shared_text_context(conds):
+    """True when every cond's cross-attention context is one sequence (batch 1): ComfyUI repeats it
+    over the rows of the cond's chunk, so every chunk of the UNet call has one text context (the
+    patch then projects and attends it once per chunk).  Per-frame contexts (batch > 1) say False."""
+    seen = False
+    for cond_list in conds:
+        for c in cond_list or []:
+            ca = (c.get("model_conds") or {}).get("c_crossattn")
+            t = getattr(ca, "cond", None)
+            if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[0] != 1:
+                return False
+            seen = True
+    return seen
 
 
 class _ControlSampling:
@@ -284,7 +399,7 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
     sub_options = model_options.copy()
     sub_to = dict(to)
     sub_to[WINDOW_KEY] = dict(window, segments=[(n_vis, n_vis + length) for length in lengths],
-                              vision_latents=vis if n_vis else None)
+                              vision_latents=vis if n_vis else None, shared_context=shared_text_context(conds))
     sub_options["transformer_options"] = sub_to
 
     swapped, sampling = [], []
@@ -318,28 +433,37 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
 
     if not n_vis:
         return out
-    keep = []
-    offset = 0
-    for length in lengths:
-        keep += list(range(offset + n_vis, offset + n_vis + length))
-        offset += n_vis + length
-    keep = torch.tensor(keep, device=x_in.device)
-    return [o[keep] if o is not None else o for o in out]
+    return [o[_window_rows(run, lengths, n_vis, x_in.device)] if o is not None else o for o in out]
+
+
+def _window_rows(run, lengths, n_vis, device):
+    """Rows of the windows' own frames in a call of ``[vision; window]`` blocks (built once per run)."""
+    key = ("musev_window_rows", tuple(lengths), n_vis, str(device))
+    cache = run.cache if run is not None else {}
+    rows = cache.get(key)
+    if rows is None:
+        keep, offset = [], 0
+        for length in lengths:
+            keep += list(range(offset + n_vis, offset + n_vis + length))
+            offset += n_vis + length
+        rows = cache[key] = torch.tensor(keep, device=device)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
 # Installation
 
 def apply_parallel_denoise(model, *, vision=None, schedule="uniform_v2", context_frames=12, context_overlap=4,
-                           context_batch_size=1, noise=None, node="MuseVContextWindows"):
+                           context_batch_size=AUTO_BATCH, noise=None, node="MuseVContextWindows"):
     """Clone of a MuseV MODEL with the context handler, the vision-frame wrapper, the condition
     frame(s) (raw VAE-space latents, (n_vis, C, h, w)) and the noise settings."""
     from comfy.patcher_extension import WrappersMP
     from .patch import get_state, set_state
 
     state = get_state(model, node)
+    context_batch_size = check_batch_size(context_batch_size, node)
     try:
-        W.validate(1, int(context_frames), int(context_overlap), int(context_batch_size))
+        W.validate(1, int(context_frames), int(context_overlap), max(1, context_batch_size))
     except W.WindowError as e:
         raise MuseVInputError(f"{node}: {e}") from None
     if schedule not in W.SCHEDULES:

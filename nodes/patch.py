@@ -39,6 +39,7 @@ WINDOW_KEY = "musev_window"    # per window layout announced by whoever prepends
 ROLE_COND_KEY = "musev_role"   # optional model-cond tagging each chunk's guidance role
 SCALED_KEY = "musev_scaled_input"   # the UNet input scaled as MuseV's scheduler scales it (APPLY_MODEL -> DIFFUSION_MODEL)
 INPUT_KEY = "musev_input"      # while providers resolve: {"x_shape", "context", "layout"} of this UNet call
+CONSTANTS_KEY = "musev_run_constants"   # False: per-call constants only (benchmarks compare; default on)
 
 
 class MuseVRuntimeError(RuntimeError):
@@ -89,6 +90,14 @@ class MuseVRun:
 
     def count(self, name):
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def constants(self, device):
+        """The store of values that are the same for every UNet call of this run on ``device``
+        (``CallContext.constants``: layouts and their index tensors, frame embeddings, ReferenceNet
+        and IP-Adapter K/V).  One store per device: MultiGPU clones each keep their own."""
+        key = ("musev_constants", str(device))
+        store = self.cache.get(key)
+        return store if store is not None else self.cache.setdefault(key, {})
 
     def __deepcopy__(self, memo):
         return self
@@ -244,6 +253,33 @@ def attn1_patch(n, context_attn1, value_attn1, extra_options):
     return n, extended, extended
 
 
+def attn2_patch(n, context_attn2, value_attn2, extra_options):
+    """One text-context row per guidance chunk into the K/V projections of attn2 where MuseV's own
+    attn2 (:class:`IPAttn2`) expands it again (``CallContext.reduce_text_context``): the host projects
+    ``chunks`` rows instead of ``rows`` identical ones."""
+    call = extra_options.get(CALL_KEY)
+    if call is None or not call.text_fold:
+        return n, context_attn2, value_attn2
+    block = extra_options.get("block")
+    if block is None:
+        return n, context_attn2, value_attn2
+    key = (block[0], block[1], extra_options.get("block_index", 0))
+    context_attn2, value_attn2 = call.reduce_text_context(key, context_attn2, value_attn2)
+    return n, context_attn2, value_attn2
+
+
+def _fold_blocks(transformer_options):
+    """attn2 blocks whose replace is MuseV's own (which expands one text row per chunk) with no other
+    pack's attn2 shadowed there, while MuseV's attn2 patch is the last one: where the text context
+    may be reduced to one row per guidance chunk."""
+    patches = transformer_options.get("patches", {}).get("attn2_patch") or []
+    if not patches or patches[-1] is not attn2_patch:
+        return frozenset()
+    attn2 = transformer_options.get("patches_replace", {}).get("attn2", {})
+    shadowed = {k for k in attn2 if len(k) == 2}       # another pack's (block, id) patch, run by ours with full K/V
+    return frozenset(k for k, p in attn2.items() if len(k) == 3 and isinstance(p, IPAttn2) and (k[0], k[1]) not in shadowed)
+
+
 class IPAttn2:
     """attn2 replace: text attention + ip_scale · attention to the IP tokens (decoupled) + the
     IP-Adapter-FaceID term (added last, as MuseV).  Another pack's attn2 patch at the same block
@@ -280,7 +316,7 @@ def _chunk_roles(rows, transformer_options, kwargs):
     return [COND]
 
 
-def build_layout(x, transformer_options, kwargs):
+def build_layout(x, transformer_options, kwargs, store=None):
     rows = x.shape[0]
     roles = _chunk_roles(rows, transformer_options, kwargs)
     window = transformer_options.get(WINDOW_KEY) or {}
@@ -288,7 +324,7 @@ def build_layout(x, transformer_options, kwargs):
     if segments is None:
         n_vis = int(window.get("n_vis", 0))
         segments = [(n_vis, rows // max(1, len(roles)))]
-    return CallLayout.build(rows, roles, segments)
+    return CallLayout.reuse(store, rows, roles, segments)
 
 
 def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
@@ -324,7 +360,11 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
     if state is None:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     x = _musev_scaled_input(x, transformer_options)
-    layout = build_layout(x, transformer_options, kwargs)
+    run = transformer_options.get(RUN_KEY)
+    constants = None
+    if run is not None and transformer_options.get(CONSTANTS_KEY, True):
+        constants = run.constants(x.device)
+    layout = build_layout(x, transformer_options, kwargs, constants)
     window = transformer_options.get(WINDOW_KEY) or {}
     vis_latents = window.get("vision_latents")
     if vis_latents is not None and layout.n_vis > 0:
@@ -332,7 +372,6 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         x = x.clone()
         for seg in layout.segments:
             x[seg.start:seg.start + seg.n_vis] = vis_latents.to(device=x.device, dtype=x.dtype)
-    run = transformer_options.get(RUN_KEY)
     timesteps = musev_timesteps(run, timesteps, transformer_options.get("sigmas"))
     ip = refer = face = None
     # What providers may read about this call: the latent size (reference images are prepared at the
@@ -361,9 +400,15 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
         ip_scale=float(ip["scale"]) if ip else 0.0,
         face=face,
         attn_fn=host_attention,
+        constants=constants,
     )
     transformer_options[CALL_KEY] = call
     transformer_options[interop.FOREIGN_ATTN2_KEY] = interop.shadowed_attn2(transformer_options)
+    if (window.get("shared_context") and transformer_options.get(CONSTANTS_KEY, True) and layout.chunks
+            and isinstance(context, torch.Tensor) and context.shape[0] == layout.rows):
+        # every chunk's rows carry one text context (calc_cond_batch_wrapper checked the conds)
+        call.text_fold = True
+        call.fold_blocks = _fold_blocks(transformer_options)
     norms = _spatial_outer_norms(executor.class_obj)
     saved = [n.eps for n in norms]
     for n in norms:
@@ -574,6 +619,7 @@ def install(model, motion_patcher, source="", frame_rate=8.0, temporal=True, nod
     if motion.flags.keep_vision_condition:
         m.set_model_emb_patch(emb_patch)
     m.set_model_attn1_patch(attn1_patch)
+    m.set_model_attn2_patch(attn2_patch)
     for prefix in motion.ip_prefixes:
         key = K.ip_attn2_key(prefix, motion.layers)
         m.set_model_attn2_replace(IPAttn2(prefix), key[0], key[1], key[2])

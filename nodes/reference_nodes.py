@@ -423,7 +423,19 @@ class ReferenceNetProvider:
                 cache.append(((h, w), ctx, feats[role]))
                 found[role] = feats[role]
             del cache[:-self.MAX_ENTRIES]
-        return {role: [f.to(device=device, dtype=dtype) for f in feats] for role, feats in found.items()}
+        return {role: features_on(run, feats, device, dtype) for role, feats in found.items()}
+
+
+def features_on(run, feats, device, dtype):
+    """``feats`` on the UNet's device/dtype, converted once per run: every call gets the very same
+    tensors, so the fusions' reference K/V (computed once per run, ``CallContext.constant``) are reused."""
+    if run is None:
+        return [f.to(device=device, dtype=dtype) for f in feats]
+    key = ("musev_referencenet_on", id(feats), str(device), dtype)
+    hit = run.cache.get(key)
+    if hit is None or hit[0] is not feats:
+        hit = run.cache[key] = (feats, [f.to(device=device, dtype=dtype) for f in feats])
+    return hit[1]
 
 
 def check_fits(state, geo, name):

@@ -59,8 +59,10 @@ def context_inputs():
         "context_schedule": (SCHEDULES, {"default": "uniform_v2", "tooltip":
             "uniform_v2: MuseV's default, windows start at 0, F-O, ... and are cut at the end. uniform_looped: "
             "windows wrap around the end (closed loop) for seamlessly looping videos."}),
-        "context_batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip":
-            "Windows denoised together in one UNet call: faster on a large GPU, same result."}),
+        "context_batch_size": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
+            "Windows denoised together in one UNet call. 0 = auto (default): as many as the GPU's free memory "
+            "allows by ComfyUI's memory estimate, 1 under low VRAM. Any value gives the same video (up to float "
+            "rounding); more windows per call is faster on a large GPU and needs more memory."}),
     }
 
 
@@ -146,7 +148,7 @@ class ParallelDenoiseSampler:
         if width % 8 or height % 8:
             raise MuseVInputError(f"{node}: width/height {width}x{height} must be multiples of 8 (MuseV: 64)")
         try:
-            W.validate(frames, context_frames, context_overlap, context_batch_size)
+            W.validate(frames, context_frames, context_overlap, max(1, context_batch_size))
         except W.WindowError as e:
             raise MuseVInputError(f"{node}: {e}") from None
         vision = condition_latents(node, vision_image, vae, vision_latent, width, height)
@@ -170,9 +172,8 @@ class ParallelDenoiseSampler:
                                    context_overlap=context_overlap, context_batch_size=context_batch_size,
                                    noise=noise, node=node)
         sig = make_sigmas(m, scheduler, steps, denoise if init_latent is not None else 1.0, sigmas, node)
-        n_groups = len(W.batch_windows(W.get_windows(context_schedule, frames, context_frames, context_overlap),
-                                       context_batch_size))
-        out = run_sampler(m, positive, negative, latent, sig, sampler_name, cfg, seed, n_groups)
+        n_windows = len(W.get_windows(context_schedule, frames, context_frames, context_overlap))
+        out = run_sampler(m, positive, negative, latent, sig, sampler_name, cfg, seed, n_windows)
         if include_condition_frames and vision is not None:
             out = torch.cat([vision.to(out.dtype), out])
         return ({"samples": out},)
@@ -337,7 +338,10 @@ def make_sigmas(model, scheduler, steps, denoise, sigmas, node):
     return sig[-(steps + 1):].float()
 
 
-def run_sampler(model, positive, negative, latent, sigmas, sampler_name, cfg, seed, n_groups):
+def run_sampler(model, positive, negative, latent, sigmas, sampler_name, cfg, seed, n_windows):
+    """Samples ``model``; the progress bar counts denoised windows (``n_windows`` per step, however
+    many of them each UNet call takes)."""
+    n_groups = n_windows
     steps = sigmas.shape[0] - 1
     pbar = comfy.utils.ProgressBar(max(1, steps * n_groups))
     previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
