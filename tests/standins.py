@@ -249,8 +249,19 @@ def make_standins(models_dir):
             dest_dir = os.path.join(models_dir, rel)
             os.makedirs(dest_dir, exist_ok=True)
             dest = os.path.join(dest_dir, fn)
-            if not os.path.exists(dest):
-                os.symlink(os.path.join(dirpath, fn), dest)
+            # models/musev: hard links (a copy across file systems), since the pack refuses symlinks that
+            # lead out of its models folder, as a server must (nodes/paths.py); elsewhere symlinks
+            in_musev = rel == "musev" or rel.startswith("musev" + os.sep)
+            if in_musev and os.path.islink(dest):
+                os.remove(dest)
+            if not os.path.lexists(dest):
+                if not in_musev:
+                    os.symlink(os.path.join(dirpath, fn), dest)
+                    continue
+                try:
+                    os.link(os.path.join(dirpath, fn), dest)
+                except OSError:
+                    shutil.copy2(os.path.join(dirpath, fn), dest)
     with open(os.path.join(cache, "standins.json")) as f:
         meta = json.load(f)
     return Standins(

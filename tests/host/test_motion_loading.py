@@ -51,9 +51,9 @@ def test_formats_load_identically(comfy_host, parity_dir, tmp_path, folder):
     choices = [f"formats_{folder}/st/", f"formats_{folder}/st/unet/", f"formats_{folder}/bin/",
                f"formats_{folder}/single.bin", f"formats_{folder}/single.safetensors"]
     paths = comfy_host.pack("nodes.paths")
-    listed = paths.list_choices()
-    for c in choices:
-        assert c in listed, c
+    listed = paths.list_choices(paths.KIND_MOTION)
+    for c in choices:   # one entry per model: the variant folder, not also its unet/ (which still loads)
+        assert (c in listed) == (not c.endswith("/unet/")), c
     ref = _motion_sd(comfy_host, _load(comfy_host, base, choices[0]))
     assert ref
     for c in choices[1:]:
@@ -335,7 +335,7 @@ def test_bad_channel_mismatch(comfy_host, parity_dir):
 
 def test_bad_missing_choice_and_double_install(comfy_host, parity_dir, sd15_base):
     host = comfy_host.pack("nodes.host")
-    with pytest.raises(host.MuseVInputError, match="not found under models/musev"):
+    with pytest.raises(host.MuseVInputError, match="is not a model in ComfyUI.s models/musev"):
         _load(comfy_host, sd15_base, "nope/")
     model = _load_fixture(comfy_host, parity_dir, "unet3d_musev")
     with pytest.raises(host.MuseVInputError, match="already carries a MuseV motion model"):
