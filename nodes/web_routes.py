@@ -29,6 +29,13 @@ Answers (JSON):
   widget shows the message while the user edits, without the browser logging failed requests.
 * 400 ``{"ok": false, "error": {"type": "bad_parameter", ...}}``: a malformed query (a missing
   ``frames``, a value that is not an integer).
+
+Cost: every parameter is bounded (the widgets' ranges, :data:`LIMITS`) and the size of the plan
+(window cells + per-frame counts + per-window entries) is computed from the numbers alone
+(:func:`plan_cells`, an upper bound of what :func:`musev_core.windows.describe` builds) BEFORE
+anything is built; above :data:`MAX_PREVIEW_CELLS` the answer is ``too_large``.  So the largest
+accepted request costs a bounded, small multiple of a normal one (tests/host/test_route_limits.py
+measures the ratio), whatever the query holds.
 """
 import logging
 
@@ -37,10 +44,15 @@ from aiohttp import web
 from ..musev_core import windows as _windows
 
 ROUTE = "/musev/windows"
-# A preview of more cells (sum of window lengths) than this is refused: the JSON would be megabytes
-# and the drawing unreadable.  Sampling itself has no such limit.
-MAX_PREVIEW_CELLS = 200_000
+# A preview of more cells (window frames + per-frame counts + per-window entries) than this is refused:
+# the drawing would be unreadable and the JSON large.  Sampling itself has no such limit.
+MAX_PREVIEW_CELLS = 20_000
 MAX_INT = 1 << 31
+MAX_DIGITS = 12                # longer integer strings are refused before int() parses them
+MAX_SCHEDULE_CHARS = 32
+# Upper bounds of every parameter (the widgets' ranges; frames: the longest pose clip a frame count can
+# come from).  Larger values are "too_large", not built.  Lower bounds are musev_core.windows' rules.
+LIMITS = {"frames": 100_000, "context_frames": 256, "context_overlap": 255, "n_vis": 64, "batch": 64, "stride": 16}
 
 _PARAMS = (
     # (name, aliases, default)  default None = required
@@ -69,8 +81,10 @@ def _get(query, name, aliases):
 
 def parse_query(query):
     """Query mapping -> keyword arguments of :func:`musev_core.windows.describe` (raises ParamError)."""
-    _, schedule = _get(query, "schedule", ("context_schedule",))
+    key, schedule = _get(query, "schedule", ("context_schedule",))
     schedule = (schedule or "uniform_v2").strip()
+    if len(schedule) > MAX_SCHEDULE_CHARS:
+        raise ParamError(key, f"parameter '{key}' is not a schedule name ({len(schedule)} characters)")
     values = {}
     for name, aliases, default in _PARAMS:
         key, raw = _get(query, name, aliases)
@@ -79,12 +93,18 @@ def parse_query(query):
                 raise ParamError(key, f"parameter '{key}' is required (an integer)")
             values[name] = default
             continue
+        text = raw.strip()
+        if len(text.lstrip("+-")) > MAX_DIGITS:
+            raise ParamError(key, f"parameter '{key}' is out of range ({len(text)} characters)")
         try:
-            value = int(raw.strip(), 10)
+            value = int(text, 10)
         except ValueError:
-            raise ParamError(key, f"parameter '{key}' must be an integer, got {raw!r}") from None
+            raise ParamError(key, f"parameter '{key}' must be an integer, got {raw[:40]!r}") from None
         if abs(value) > MAX_INT:
             raise ParamError(key, f"parameter '{key}' is out of range: {value}")
+        if value > LIMITS[name]:
+            raise ParamError(key, f"'{key}' is {value}: the preview takes at most {LIMITS[name]} (sampling is not "
+                                  "limited by this)", kind="too_large")
         values[name] = value
     return {
         "schedule": schedule,
@@ -97,19 +117,41 @@ def parse_query(query):
     }
 
 
+def plan_cells(schedule, n_frames, context_frames, context_overlap, context_stride=1, **_):
+    """An upper bound of the entries :func:`musev_core.windows.describe` returns for valid settings
+    (window frames + one count per frame + four per-window lists), from the numbers alone: O(levels)."""
+    n, f, o = n_frames, context_frames, context_overlap
+    if _windows._ALIASES.get(schedule, schedule) == "uniform_looped":
+        if n <= f:
+            windows, cells = 1, n
+        else:
+            windows = cells = 0
+            for level in range(min(context_stride, _windows._n_dilations(n, f))):
+                count = -(-n // (f * (1 << level) - o))
+                windows += count
+                cells += count * f
+    else:                              # starts 0, F-O, ... < N, each window at most min(F, N) frames
+        windows = -(-n // (f - o))
+        cells = windows * min(f, n)
+    return cells + n + 4 * windows
+
+
 def plan(query):
     """The JSON body and HTTP status for a query mapping (no aiohttp needed: used by tests too)."""
     try:
         kwargs = parse_query(query)
-        # Cheap size estimate before building the lists (uniform_v2 and looped with stride 1 are
-        # both about ceil(N / (F - O)) windows of F frames).
-        n, f, o = kwargs["n_frames"], kwargs["context_frames"], kwargs["context_overlap"]
-        if n >= 1 and 2 <= f and 0 <= o < f:
-            est = -(-n // (f - o)) * min(f, n) * max(1, kwargs["context_stride"])
-            if est > MAX_PREVIEW_CELLS:
-                raise ParamError("frames", (
-                    f"this plan has about {est} window frames ({n} frames, windows of {f} advancing by {f - o}): "
-                    "too large to preview (sampling is not limited by this)"), kind="too_large")
+        _windows._schedule_name(kwargs["schedule"])      # the checks describe() makes, in its order
+        _windows.validate(kwargs["n_frames"], kwargs["context_frames"], kwargs["context_overlap"],
+                          kwargs["context_batch_size"], kwargs["context_stride"])
+        if kwargs["n_vis"] < 0:
+            raise ParamError("n_vis", f"n_vis is {kwargs['n_vis']}: the number of vision-condition frames must be "
+                                      ">= 0", kind="WindowError")
+        cells = plan_cells(**kwargs)
+        if cells > MAX_PREVIEW_CELLS:
+            n, f, o = kwargs["n_frames"], kwargs["context_frames"], kwargs["context_overlap"]
+            raise ParamError("frames", (
+                f"this plan has up to {cells} entries ({n} frames, windows of {f} advancing by {f - o}): too large "
+                f"to preview (at most {MAX_PREVIEW_CELLS}; sampling is not limited by this)"), kind="too_large")
         body = _windows.describe(**kwargs)
     except ParamError as e:
         status = 400 if e.kind == "bad_parameter" else 200
