@@ -49,6 +49,18 @@ def reset_peak():
         return False
 
 
+def malloc_trim():
+    """glibc keeps freed heap memory (a state dict read and dropped by a loader) in the process; give
+    it back so that the RSS of the loaded models is theirs.  False where there is no glibc."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
+
+
 def gib(n):
     return f"{n / 2 ** 30:.2f} GiB"
 
@@ -140,6 +152,8 @@ def run(a, threads, mt, musev_dir, gen_s, torch, nodes, ref_nodes):
     (pos,) = load("CLIPTextEncode (positive)", lambda: L["CLIPTextEncode"]().encode(clip, "a girl, eye blinks"))
     (neg,) = load("CLIPTextEncode (negative)", lambda: L["CLIPTextEncode"]().encode(clip, "worst quality"))
     load_s = sum(t for _, t in loads)
+    rss_untrimmed = proc_status("VmRSS")
+    trimmed = malloc_trim()          # hand the loaders' freed buffers (whole state dicts) back to the OS
     rss_loaded = proc_status("VmRSS")
 
     # time every main UNet call and every ReferenceNet run of the sampling run
@@ -219,7 +233,8 @@ def run(a, threads, mt, musev_dir, gen_s, torch, nodes, ref_nodes):
         kind = "" if a.musev else f"{dt:<8} {fmt:<11}"
         print(f"  {fname:<56} {kind} {size / 1e9:6.2f} GB")
     print(f"load time through the nodes        : {load_s:7.1f} s")
-    print(f"RSS: before loading {gib(rss0)}, loaded models {gib(rss_loaded)} (+{gib(rss_loaded - rss0)})")
+    print(f"RSS: before loading {gib(rss0)}, loaded models {gib(rss_loaded)} (+{gib(rss_loaded - rss0)}; "
+          f"{gib(rss_untrimmed)} before malloc_trim{'' if trimmed else ' (no glibc: not trimmed)'})")
     if peak_ok:
         print(f"peak RSS above the loaded models   : sampling +{gib(peak_sample - rss_loaded)}, "
               f"sampling + VAE decode +{gib(peak_all - rss_loaded)}")

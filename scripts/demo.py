@@ -69,10 +69,10 @@ def musev_root(models):
     """(models/musev folder, what DIR was taken for)."""
     models = os.path.abspath(os.path.expanduser(models))
     if os.path.isdir(os.path.join(models, "musev")):
-        return os.path.join(models, "musev"), "a ComfyUI models folder (MuseV's files in musev/)"
+        return os.path.join(models, "musev"), "a ComfyUI models folder with MuseV's files in musev/"
     if any(os.path.exists(os.path.join(models, d)) for d in ("motion", "t2i", "vae", "IP-Adapter")):
         return models, "a clone of TMElyralab/MuseV"
-    return os.path.join(models, "musev"), "a ComfyUI models folder (no musev/ in it yet)"
+    return os.path.join(models, "musev"), "a ComfyUI models folder, no musev/ in it yet"
 
 
 def check_models(models):

@@ -19,7 +19,7 @@ took() { echo "$(( $(date +%s) - $1 )) s"; }
 # 1. arguments and model files, with any Python (the check is plain Python), before any set-up
 py0=$(command -v python3 || command -v python || true)
 for arg in "$@"; do
-  case "$arg" in -h|--help) exec "${py0:-python3}" scripts/demo.py --help ;; esac
+  case "$arg" in -h|--help|--check-models) exec "${py0:-python3}" scripts/demo.py "$@" ;; esac
 done
 if [ -n "$py0" ]; then
   "$py0" scripts/demo.py --check-models "$@" || exit $?
