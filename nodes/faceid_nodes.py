@@ -29,7 +29,7 @@ from ..musev_core import image_prep
 from ..musev_core import keys as K
 from ..musev_core.checkpoints import CheckpointError, load_state_dict
 from ..musev_core.layout import COND, UNCOND
-from . import compat, patch, paths
+from . import compat, interop, patch, paths
 from . import face_analysis as FA
 from .host import (FileModelCache, MuseVInputError, host_ops, is_spatial_transformer, load_device, offload_device,
                    sd15_unet)
@@ -273,9 +273,9 @@ def install_face(model, provider, patcher=None, prefixes=F.FACE_ATTN2_PREFIXES, 
         current = replaced.get(key)
         if isinstance(current, patch.IPAttn2) and current.prefix == prefix:
             continue
-        if current is not None or key[:2] in replaced:
-            raise MuseVInputError(f"{node}: another node (IPAdapter?) already replaced the cross-attention at {key}; "
-                                  "MuseV brings its own IP-Adapter and FaceID: remove the other one")
+        # another pack's patch on exactly this slot would be lost: refused; one on the block
+        # (IPAdapter_plus' (block, id) keys) is composed by IPAttn2, as for MuseVIPAdapter
+        interop.check_attn2_slots(m.model_options, [key], node)
         m.set_model_attn2_replace(patch.IPAttn2(prefix), key[0], key[1], key[2])
     if patcher is not None:
         m.set_additional_models(FACE_KEY, [patcher])

@@ -605,3 +605,30 @@ def test_executor_reports_no_face(comfy_host, standins, faceid_file, buffalo):
     outputs, ex = comfy_host.run_prompt(prompt, prompt_id="faceid-noface", expect_success=False)
     text = " ".join(str(m) for m in ex.status_messages)
     assert outputs is None and "MuseVFaceID: no face found in 'image' (image 1 of 1, 64x64)" in text, text[:2000]
+
+
+def test_other_attn2_patches_compose_or_are_refused(comfy_host, musev_models, faceid_file):
+    """Another pack's attn2 patch on a whole block (IPAdapter_plus' (block, id) keys) stays active
+    under MuseVFaceID, composed by MuseV's attn2 patch; one on exactly a slot FaceID needs would be
+    lost, so it is refused with the node's message."""
+    fnodes = comfy_host.pack("nodes.faceid_nodes")
+    err = comfy_host.pack("nodes.host").MuseVInputError
+    model = musev_models["musev"]
+    calls = []
+
+    class Foreign:
+        def __call__(self, q, k, v, extra_options):
+            calls.append(extra_options.get("block"))
+            import comfy.ldm.modules.attention as attention
+            return attention.optimized_attention(q, k, v, extra_options["n_heads"]) * 1.5
+
+    block = model.clone()
+    block.set_model_attn2_replace(Foreign(), "input", 1)
+    (face,) = fnodes.MuseVFaceID().apply(block, faceid_file[0], 1.0, face_embeds=_embeds())
+    plain = _unet_out(comfy_host, fnodes.MuseVFaceID().apply(model, faceid_file[0], 1.0, face_embeds=_embeds())[0])
+    composed = _unet_out(comfy_host, face)
+    assert calls and (composed - plain).abs().max() > 1e-4       # the other pack's term acted
+    slot = model.clone()
+    slot.set_model_attn2_replace(Foreign(), "input", 1, 0)
+    with pytest.raises(err, match=r"MuseVFaceID: another node already replaced the cross-attention"):
+        fnodes.MuseVFaceID().apply(slot, faceid_file[0], 1.0, face_embeds=_embeds())
