@@ -43,6 +43,27 @@ _musev_host_python() {   # $1 = pack dir; exports COMFYUI_PYTHON and MUSEV_PY on
   return 0
 }
 
+_musev_share_venv() {   # $1 = pack dir, $2 = venv about to be built for a second snapshot
+  # The torch pair is a CUDA build of about 6 GB; a second full copy for the 0.3.64 host filled CI's disk.
+  # A new venv for another snapshot therefore sees the default venv's packages through a .pth file (after
+  # its own site-packages, so whatever the second ComfyUI pins differently is installed into it and wins;
+  # pip never uninstalls outside its own venv).  MUSEV_SHARE_VENV=0: a full, separate venv.
+  local pack=$1 venv=$2 base="${MUSEV_VENV_DEFAULT:-$1/.venv}" site
+  [ "${MUSEV_SHARE_VENV:-1}" != 0 ] || return 0
+  [ "$COMFYUI_SNAPSHOT_ID" != 66655153 ] || return 0
+  [ ! -e "$venv" ] || return 0
+  [ -x "$base/bin/python" ] || return 0
+  site=$("$base/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 0
+  "$base/bin/python" -c 'import torch' >/dev/null 2>&1 || return 0
+  "${COMFYUI_ENV_PYTHON:-python3}" -m venv "$venv" || return 0
+  if [ "$("$venv/bin/python" -c 'import sys; print(sys.version_info[:2])')" != \
+       "$("$base/bin/python" -c 'import sys; print(sys.version_info[:2])')" ]; then
+    return 0   # another Python: nothing to share
+  fi
+  echo "$site" > "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/musev-shared-venv.pth"
+  echo "[musev] $venv shares the packages of $base (torch & co.); its own pins install on top" >&2
+}
+
 _musev_setup() {
   local pack venv tools stamp want
   pack="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,6 +82,7 @@ _musev_setup() {
     echo "[musev] no Python with ComfyUI's packages found for $COMFYUI_PATH (set COMFYUI_PYTHON=...): using $venv" >&2
   fi
   if [ -f "$tools" ]; then
+    _musev_share_venv "$pack" "$venv"
     # shellcheck disable=SC1090
     source "$tools" --venv "$venv" || return 1
   elif [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/nodes.py" ]; then
