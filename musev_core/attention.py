@@ -1,7 +1,7 @@
 """Default attention kernel and the ``ops`` namespace used when no host provides its own.
 
 Precision: ``sdpa_attention`` is PyTorch's fused kernel, which accumulates the scores of half-precision
-inputs in float32 on every device (checked on CPU in tests/host/test_precision.py), so MuseV's
+inputs in float32 (checked on CPU with scores past float16's range: tests/host/test_precision.py), so MuseV's
 layers never overflow with it.  Hosts pass their own attention function (``nodes/host.py``
 ``host_attention``), which must give the same guarantee for every backend it may pick.
 """

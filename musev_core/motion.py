@@ -51,6 +51,8 @@ def _heads_for(prefix, heads, n_levels):
     if isinstance(heads, int):
         return heads
     heads = list(heads)
+    if len(heads) < n_levels:
+        raise MotionCheckpointError(f"attention_head_dim {heads} lists {len(heads)} levels, the checkpoint has {n_levels}")
     if prefix.startswith(("down_blocks.", "up_blocks.")):
         level = int(prefix.split(".")[1])
         return heads[level] if prefix.startswith("down_blocks.") else list(reversed(heads))[level]

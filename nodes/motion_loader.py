@@ -6,10 +6,13 @@ import torch
 
 import comfy.model_patcher
 
+from ..musev_core import checkpoints as C
 from ..musev_core import keys as K
+from ..musev_core.attention import AttentionShapeError
 from ..musev_core.motion import MotionCheckpointError, MuseVMotionModel
 from . import compat
-from .host import FileModelCache, MuseVInputError, host_ops, load_device, offload_device, read_checkpoint
+from .host import (FileModelCache, MuseVInputError, checkpoint_files, host_ops, load_device, offload_device,
+                   read_checkpoint)
 
 log = logging.getLogger("comfyui-musev")
 
@@ -28,33 +31,58 @@ class MotionModule(torch.nn.Module):
         return next(self.motion.parameters()).dtype
 
 
-def read_motion_checkpoint(path, node="LoadMuseVMotion", input_name="motion_model"):
+def read_motion_checkpoint(path, node="LoadMuseVMotion", input_name="motion_model", files=None):
     """``(state_dict, config or None, weights_path)`` with errors that name the input."""
-    return read_checkpoint(path, ("unet",), node, input_name)
+    return read_checkpoint(path, ("unet",), node, input_name, files=files, used=K.is_motion_key)
 
 
-def heads_from(config, unet):
-    if config and "attention_head_dim" in config:
-        heads = config["attention_head_dim"]
-        return int(heads) if isinstance(heads, (int, float)) else [int(h) for h in heads]
-    return int(unet.num_heads)
+def heads_from(config, unet, label="config.json"):
+    """Head count(s) from config.json (checked: a clear error naming the file and key), else the base's."""
+    heads = C.config_int_or_list(config, "attention_head_dim", None, label)
+    return int(unet.num_heads) if heads is None else heads
 
 
-def load_motion_patcher(path, unet, weight_dtype, compute_dtype, node="LoadMuseVMotion", input_name="motion_model"):
-    """A ModelPatcher holding the MuseV motion model for ``path``, built in the base model's dtype."""
-    return _CACHE.get_or_build(FileModelCache.key(path, weight_dtype, compute_dtype, unet.num_heads),
-                               lambda: _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name))
+def layers_in_keys(sd):
+    """Layers per down block as the weights show them (temporal convs of the first down block), or None."""
+    idx = {int(k.split(".")[3]) for k in sd if k.startswith("down_blocks.0.temp_convs.") and k.split(".")[3].isdigit()}
+    return max(idx) + 1 if idx else None
 
 
-def _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name):
-    sd, config, weights_path = read_motion_checkpoint(path, node, input_name)
-    layers = int((config or {}).get("layers_per_block", 2))
+def load_motion_patcher(path, unet, weight_dtype, compute_dtype, node="LoadMuseVMotion", input_name="motion_model",
+                        files=None):
+    """A ModelPatcher holding the MuseV motion model for ``path``, built in the base model's dtype; cached
+    on the files actually read (weights + config.json), so editing a file inside a picked folder rebuilds."""
+    files = files or checkpoint_files(path, ("unet",), node, input_name)
+    return _CACHE.get_or_build(FileModelCache.key(files, weight_dtype, compute_dtype, unet.num_heads),
+                               lambda: _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name,
+                                                             files))
+
+
+def _build_motion_patcher(path, unet, weight_dtype, compute_dtype, node, input_name, files=None):
+    sd, config, weights_path = read_motion_checkpoint(path, node, input_name, files)
+    label = C.short_name(files[1]) if files and files[1] else "config.json"
+    try:
+        layers = C.config_int(config, "layers_per_block", None, label, lo=1, hi=16)
+        heads = heads_from(config, unet, label)
+    except C.CheckpointError as e:
+        raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
+    counted = layers_in_keys(sd)
+    if layers is not None and counted is not None and layers != counted:
+        raise MuseVInputError(f"{node}: '{input_name}': {label}: 'layers_per_block' is {layers} but "
+                              f"{os.path.basename(weights_path)} has {counted} layers per block: fix the value or "
+                              "delete the key (MuseV's released config.json has 2)")
+    layers = layers or counted or 2
     try:
         motion = MuseVMotionModel.from_state_dict(
-            sd, heads=heads_from(config, unet), layers=layers,
+            sd, heads=heads, layers=layers,
             ops=host_ops(weight_dtype, compute_dtype, load_device()), dtype=weight_dtype, device="cpu")
+    except AttentionShapeError as e:
+        raise MuseVInputError(f"{node}: '{input_name}': {label}: 'attention_head_dim' = {heads} does not fit the "
+                              f"checkpoint's layers ({e}): fix the value or delete the key") from None
     except (MotionCheckpointError, K.CheckpointKindError) as e:
-        raise MuseVInputError(f"{node}: '{input_name}' ({os.path.basename(weights_path)}): {e}") from None
+        where = f"{label} / {os.path.basename(weights_path)}" if "attention_head_dim" in str(e) else \
+            os.path.basename(weights_path)
+        raise MuseVInputError(f"{node}: '{input_name}' ({where}): {e}") from None
     motion.eval().requires_grad_(False)
     report = motion.coverage_report(sd)
     log.info("MuseV motion %s: variant %s, %d motion keys loaded, %d 2D keys ignored (the base model supplies them)",

@@ -20,7 +20,7 @@ class LoadMuseVMotion:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5 base MODEL (Load Checkpoint), LoRAs welcome."}),
-                "motion_model": (paths.list_choices("unet"), {
+                "motion_model": (paths.list_choices(paths.KIND_MOTION), {
                     "tooltip": "MuseV motion UNet from models/musev/: a variant folder (motion/musev/, "
                                "motion/musev_referencenet/, motion/musev_referencenet_pose/ or their unet/) or a "
                                "weight file. The variant is detected from the keys."}),
@@ -36,6 +36,17 @@ class LoadMuseVMotion:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, motion_model=None):
+        # Replaces ComfyUI's "value not in list" check for this input (so that values of older workflows,
+        # e.g. a variant's unet/ folder, stay valid) with the pack's own: a name inside models/musev/.
+        return paths.validate_choice(motion_model, "motion_model", "LoadMuseVMotion", paths.KIND_MOTION)
+
+    @classmethod
+    def IS_CHANGED(cls, motion_model=None, **_):
+        # the files inside a picked folder, not the folder: an edited unet/ file reloads
+        return paths.fingerprint(motion_model, paths.KIND_MOTION, "LoadMuseVMotion", "motion_model")
+
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The base MODEL with MuseV installed (a clone; the input MODEL is untouched).",)
@@ -43,12 +54,14 @@ class LoadMuseVMotion:
     CATEGORY = CATEGORY
 
     def load(self, model, motion_model, frame_rate=8.0, temporal_layers=True):
-        unet = sd15_unet(model, "LoadMuseVMotion")
+        # the name first (it may come through a link): nothing is opened outside models/musev
         path = paths.full_path(motion_model, "motion_model", "LoadMuseVMotion")
+        files = paths.model_files(motion_model, "motion_model", "LoadMuseVMotion", paths.KIND_MOTION)
+        unet = sd15_unet(model, "LoadMuseVMotion")
         base = model.model
         weight_dtype = base.get_dtype()
         compute_dtype = getattr(base, "manual_cast_dtype", None)
-        patcher = load_motion_patcher(path, unet, weight_dtype, compute_dtype)
+        patcher = load_motion_patcher(path, unet, weight_dtype, compute_dtype, files=files)
         return (install(model, patcher, source=motion_model, frame_rate=frame_rate, temporal=temporal_layers),)
 
 

@@ -28,7 +28,9 @@ from ..musev_core.layout import COND, UNCOND, CallLayout
 from ..musev_core import sigmas as S
 from ..musev_core.motion import CallContext
 from . import interop
-from .host import MuseVInputError, block_channels, host_attention, is_resblock, is_spatial_transformer
+from . import checks
+from .host import (MuseVInputError, block_channels, host_attention, is_resblock, is_spatial_transformer,
+                   restore_attention, upcast_attention)
 
 log = logging.getLogger("comfyui-musev")
 
@@ -413,9 +415,13 @@ def diffusion_model_wrapper(executor, x, timesteps, context, y, control, transfo
     saved = [n.eps for n in norms]
     for n in norms:
         n.eps = 0.0
+    # half precision: the base UNet's attention (over MuseV's vision-frame tokens too) gets float32
+    # scores for this call, as MuseV's own kernels had (restored right after)
+    upcast = upcast_attention(executor.class_obj, x.dtype)
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
+        restore_attention(upcast)
         for n, e in zip(norms, saved):
             n.eps = e
         transformer_options.pop(CALL_KEY, None)
@@ -509,6 +515,8 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
     try:
         interop.check_sampling(guider)   # AnimateDiff-Evolved & co. applied after our nodes
         if state is not None:
+            checks.before_sampling(guider, noise, latent_image, state)
+        if state is not None:
             run.timesteps = MuseVTimesteps.for_model(guider.model_patcher)
         if state is not None and state.vision is not None:
             run.vision = prepare_vision(guider.model_patcher, state.vision, noise)
@@ -523,7 +531,8 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
                 prepare = getattr(provider, "prepare", None)
                 if prepare is not None:
                     prepare(run, tuple(noise.shape))
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        out = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        return checks.after_sampling(guider, out) if state is not None else out
     finally:
         if previous is None:
             to.pop(RUN_KEY, None)
@@ -541,10 +550,16 @@ def prepare_vision(patcher, raw, noise):
     vis = raw.float()
     if vis.ndim != 4:
         raise MuseVInputError(f"vision condition latent must be (frames, channels, h, w), got {tuple(vis.shape)}")
+    # (ParallelDenoiseSampler checks its own inputs earlier: what reaches here came from MuseVContextWindows)
+    if noise.ndim == 4 and vis.shape[1] != noise.shape[1]:
+        raise MuseVInputError(
+            f"MuseVContextWindows: 'vision_latent' has {vis.shape[1]} latent channels but the sampler's latent_image "
+            f"has {noise.shape[1]}: encode the condition image with the same (SD1.5) VAE as the video")
     if tuple(vis.shape[1:]) != tuple(noise.shape[1:]):
         raise MuseVInputError(
-            f"vision condition latent is {tuple(vis.shape[1:])} (channels, h, w) but the video latent is "
-            f"{tuple(noise.shape[1:])}: encode the condition image at the video's width/height")
+            f"MuseVContextWindows: 'vision_latent' is {vis.shape[3] * 8}x{vis.shape[2] * 8} but the sampler's "
+            f"latent_image is {noise.shape[-1] * 8}x{noise.shape[-2] * 8}: encode the condition image at the "
+            "video's width/height (or size the empty latent to it)")
     return patcher.model.process_latent_in(vis)
 
 

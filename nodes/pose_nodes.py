@@ -187,6 +187,22 @@ class PoseVideoCondition:
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, start_percent=None, end_percent=None):
+        # widget values, before anything loads (ComfyUI's own range checks of these inputs are replaced here)
+        from .host import widget_problem
+        problem = widget_problem(cls, NODE, width=width, height=height, start_percent=start_percent,
+                                 end_percent=end_percent)
+        if problem:
+            return problem
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and value % 8:
+                return (f"{NODE}: '{name}' is {value}: the generation size must be a multiple of 8 (latents are 1/8 "
+                        "of the image): use multiples of 8, or 64 as MuseV (0 = from the condition image)")
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+            return f"{NODE}: 'start_percent' {start_percent} must be <= 'end_percent' {end_percent}"
+        return True
+
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "IMAGE", "INT", "FLOAT", "INT", "INT")
     RETURN_NAMES = ("positive", "negative", "pose_images", "frames", "frame_rate", "width", "height")
     OUTPUT_TOOLTIPS = (

@@ -31,11 +31,11 @@ import comfy.model_management
 
 from ..musev_core import image_prep
 from ..musev_core import keys as K
-from ..musev_core.checkpoints import CheckpointError, load_state_dict
+from ..musev_core.checkpoints import CheckpointError, check_finite
 from ..musev_core.ip_adapter import ImageProjError, ImageProjModel, describe_image_proj, image_proj_weights
 from ..musev_core.layout import COND, UNCOND
 from . import compat, patch, paths
-from .host import MuseVInputError
+from .host import MuseVInputError, load_weights, widget_problem
 from .referencenet_runner import N_FEATURES, load_referencenet_patcher, run_referencenet
 
 log = logging.getLogger("comfyui-musev")
@@ -77,9 +77,15 @@ def encode_images(clip_vision, images):
 
 
 def check_image(image, node, input_name="image"):
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or image.shape[0] < 1:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] < 1 or min(image.shape[1:3]) < 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise MuseVInputError(f"{node}: '{input_name}' must be an IMAGE batch (n, height, width, 3), got {shape}")
+    if image.shape[-1] < 3:
+        raise MuseVInputError(f"{node}: '{input_name}' has {image.shape[-1]} colour channel(s); MuseV needs RGB images "
+                              "(3 channels): convert it to RGB first")
+    if not torch.isfinite(image).all():
+        raise MuseVInputError(f"{node}: '{input_name}' contains NaN/inf pixel values, which would make every frame "
+                              "NaN: fix the node that makes the image (or re-load it)")
     return image[..., :3].float().cpu()
 
 
@@ -117,7 +123,7 @@ def read_image_proj(path, node=IP_NODE, input_name="image_proj"):
         path = found[0]
     name = os.path.basename(path)
     try:
-        sd = K.strip_common_prefix(load_state_dict(path))
+        sd = check_finite(K.strip_common_prefix(load_weights(path)), name)
     except CheckpointError as e:
         raise MuseVInputError(f"{node}: '{input_name}': {e}") from None
     kind = K.describe_keys(sd.keys())
@@ -237,7 +243,7 @@ class MuseVIPAdapter:
                 "image": ("IMAGE", {"tooltip": "The identity/reference image, ideally the condition frame at the "
                                                "video's size (MuseV crops it to the video's aspect; CLIP sees its "
                                                "centre square). Several images: their tokens are concatenated."}),
-                "image_proj": (paths.list_choices("image_proj"), {
+                "image_proj": (paths.list_choices(paths.KIND_IMAGE_PROJ), {
                     "tooltip": "MuseV image projection from models/musev/: motion/musev_referencenet/"
                                "ip_adapter_image_proj.bin (or the pose model's), or a .safetensors with plain keys."}),
                 "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
@@ -249,6 +255,21 @@ class MuseVIPAdapter:
                                                      "(the ReferenceNet keeps them as its context)."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image_proj=None, start_percent=None, end_percent=None):
+        # before any model loads; replaces ComfyUI's list/range checks of these inputs (older workflow values stay valid)
+        problem = widget_problem(cls, IP_NODE, start_percent=start_percent, end_percent=end_percent)
+        if problem:
+            return problem
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+            return (f"{IP_NODE}: 'start_percent' ({start_percent}) is after 'end_percent' ({end_percent}): set "
+                    "start_percent <= end_percent")
+        return paths.validate_choice(image_proj, "image_proj", IP_NODE, paths.KIND_IMAGE_PROJ)
+
+    @classmethod
+    def IS_CHANGED(cls, image_proj=None, **_):
+        return paths.fingerprint(image_proj, paths.KIND_IMAGE_PROJ, IP_NODE, "image_proj")
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -269,7 +290,7 @@ class MuseVIPAdapter:
             raise MuseVInputError(f"{IP_NODE}: 'start_percent' ({start_percent}) is after 'end_percent' "
                                   f"({end_percent}): set start_percent <= end_percent")
         images = check_image(image, IP_NODE)
-        proj, name = read_image_proj(paths.full_path(image_proj, "image_proj", IP_NODE))
+        proj, name = read_image_proj(paths.image_proj_file(image_proj, "image_proj", IP_NODE))
         want = motion.module_at(motion.ip_prefixes[0]).to_k_ip.in_features
         if proj.cross_dim != want:
             hint = (" (an SDXL IP-Adapter: its tokens are 2048-d)" if proj.cross_dim == 2048 else "")
@@ -470,7 +491,7 @@ class MuseVReferenceNet:
             "required": {
                 "model": ("MODEL", {"tooltip": "A MODEL with a MuseV referencenet motion model (LoadMuseVMotion with "
                                                "motion/musev_referencenet or musev_referencenet_pose)."}),
-                "referencenet": (paths.list_choices("referencenet"), {
+                "referencenet": (paths.list_choices(paths.KIND_REFERENCENET), {
                     "tooltip": "MuseV ReferenceNet from models/musev/: the motion/musev_referencenet/ (or its "
                                "referencenet/) folder, or the weight file. Also used by the pose model."}),
                 "vae": ("VAE", {"tooltip": "The VAE that encodes the reference image (MuseV used sd-vae-ft-mse; use "
@@ -481,6 +502,16 @@ class MuseVReferenceNet:
                                                "reference frames."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, referencenet=None):
+        # before any model loads; older workflow values (motion/musev_referencenet/) stay valid
+        return paths.validate_choice(referencenet, "referencenet", REF_NODE, paths.KIND_REFERENCENET)
+
+    @classmethod
+    def IS_CHANGED(cls, referencenet=None, **_):
+        # the files inside a picked folder, not the folder: an edited referencenet/ file reloads
+        return paths.fingerprint(referencenet, paths.KIND_REFERENCENET, REF_NODE, "referencenet")
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -501,8 +532,10 @@ class MuseVReferenceNet:
         if getattr(vae, "first_stage_model", True) is None or not hasattr(vae, "encode"):
             raise MuseVInputError(f"{REF_NODE}: 'vae' holds no VAE model: load an SD1.5 VAE (e.g. vae-ft-mse-840000)")
         path = paths.full_path(referencenet, "referencenet", REF_NODE)
+        files = paths.model_files(referencenet, "referencenet", REF_NODE, paths.KIND_REFERENCENET)
         base = model.model
-        patcher = load_referencenet_patcher(path, base.get_dtype(), getattr(base, "manual_cast_dtype", None))
+        patcher = load_referencenet_patcher(path, base.get_dtype(), getattr(base, "manual_cast_dtype", None),
+                                            files=files)
         geo = patcher.model.geometry
         name = referencenet.rstrip("/")
         check_fits(state, geo, name)

@@ -21,10 +21,11 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 
+from ..musev_core import checkpoints as C
 from ..musev_core import keys as K
 from ..musev_core.referencenet import ReferenceNetCheckpointError, ReferenceNetGeometry
 from . import compat
-from .host import FileModelCache, MuseVInputError, load_device, offload_device, read_checkpoint
+from .host import FileModelCache, MuseVInputError, checkpoint_files, load_device, offload_device, read_checkpoint
 
 log = logging.getLogger("comfyui-musev")
 
@@ -57,6 +58,9 @@ def comfy_unet_config(geo, dtype):
         "context_dim": geo.context_dim, "num_heads": heads[0], "num_head_channels": -1,
         "use_spatial_transformer": True, "use_linear_in_transformer": geo.linear_projection,
         "legacy": False, "adm_in_channels": None, "use_checkpoint": False, "dtype": dtype,
+        # float32 attention scores in half precision on every ComfyUI backend that honours it, as ComfyUI
+        # does for models that need it (a no-op in float32)
+        "attn_precision": torch.float32,
     }
 
 
@@ -141,9 +145,9 @@ def diffusers_to_comfy(sd, unet_config, module):
     return out, missing
 
 
-def read_referencenet(path, node="MuseVReferenceNet", input_name="referencenet"):
+def read_referencenet(path, node="MuseVReferenceNet", input_name="referencenet", files=None):
     """``(state_dict, config, weights_path)`` of a ReferenceNet file or folder, checked to BE one."""
-    sd, config, weights = read_checkpoint(path, ("referencenet",), node, input_name)
+    sd, config, weights = read_checkpoint(path, ("referencenet",), node, input_name, files=files)
     kind = K.describe_keys(sd.keys())
     name = os.path.basename(weights)
     if kind in (K.VARIANT_MUSEV, K.VARIANT_REFERENCENET_FAMILY, "inconsistent"):
@@ -172,24 +176,33 @@ def read_referencenet(path, node="MuseVReferenceNet", input_name="referencenet")
     return sd, config, weights
 
 
-def heads_from_config(config):
-    heads = (config or {}).get("attention_head_dim", 8)
+def heads_from_config(config, label="config.json"):
+    heads = C.config_int_or_list(config, "attention_head_dim", 8, label)
     if isinstance(heads, (list, tuple)):
         heads = [int(h) for h in heads]
         return heads[0] if len(set(heads)) == 1 else heads
     return int(heads)
 
 
-def build_referencenet(sd, config, weight_dtype, compute_dtype, name="referencenet", node="MuseVReferenceNet"):
+def build_referencenet(sd, config, weight_dtype, compute_dtype, name="referencenet", node="MuseVReferenceNet",
+                       config_label="config.json"):
     """A :class:`ReferenceNetModule` with the weights of ``sd`` (CPU, ``weight_dtype``)."""
     cfg = config or {}
-    if cfg.get("flip_sin_to_cos", True) is False or float(cfg.get("freq_shift", 0) or 0) != 0:
-        raise MuseVInputError(f"{node}: '{name}': config.json asks for a non-SD1.5 timestep embedding "
-                              "(flip_sin_to_cos False or freq_shift != 0), which this pack does not support")
     try:
-        geo = ReferenceNetGeometry(sd, heads=heads_from_config(cfg))
+        flip = C.config_bool(cfg, "flip_sin_to_cos", True, config_label)
+        shift = C.config_number(cfg, "freq_shift", 0.0, config_label)
+        heads = heads_from_config(cfg, config_label)
+    except C.CheckpointError as e:
+        raise MuseVInputError(f"{node}: 'referencenet' ({name}): {e}") from None
+    if flip is False or shift != 0:
+        raise MuseVInputError(f"{node}: 'referencenet' ({name}): {config_label} asks for a non-SD1.5 timestep "
+                              "embedding (flip_sin_to_cos false or freq_shift != 0), which this pack does not support: "
+                              "use MuseV's released referencenet/config.json")
+    try:
+        geo = ReferenceNetGeometry(sd, heads=heads)
+        C.check_heads_fit(heads, geo.block_out_channels, config_label)
         unet_config = comfy_unet_config(geo, weight_dtype)
-    except ReferenceNetCheckpointError as e:
+    except (ReferenceNetCheckpointError, C.CheckpointError) as e:
         raise MuseVInputError(f"{node}: 'referencenet' ({name}): {e}") from None
     ops = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device())
     try:
@@ -202,7 +215,9 @@ def build_referencenet(sd, config, weight_dtype, compute_dtype, name="referencen
         raise MuseVInputError(
             f"{node}: 'referencenet' ({name}) lacks {len(missing)} weights of its encoder ({missing[:3]}...): "
             "the file is incomplete: download motion/musev_referencenet/referencenet again")
-    ldm = {k: v.to(weight_dtype) for k, v in ldm.items()}
+    # copies: the reader's tensors may map the file (safetensors), and an in-place rewrite of the file must
+    # not change (or crash) a model that is still in use; the rewrite gives a new cache key instead
+    ldm = {k: v.to(dtype=weight_dtype, copy=True) for k, v in ldm.items()}
     try:
         module.load_state_dict(ldm, strict=True, assign=True)
     except RuntimeError as e:
@@ -215,15 +230,20 @@ def build_referencenet(sd, config, weight_dtype, compute_dtype, name="referencen
     return module
 
 
-def load_referencenet_patcher(path, weight_dtype, compute_dtype, node="MuseVReferenceNet", input_name="referencenet"):
+def load_referencenet_patcher(path, weight_dtype, compute_dtype, node="MuseVReferenceNet", input_name="referencenet",
+                              files=None):
     """A ModelPatcher holding the ReferenceNet for ``path`` (cached by file identity and dtypes)."""
-    return _CACHE.get_or_build(FileModelCache.key(path, weight_dtype, compute_dtype),
-                               lambda: _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name))
+    files = files or checkpoint_files(path, ("referencenet",), node, input_name)
+    return _CACHE.get_or_build(FileModelCache.key(files, weight_dtype, compute_dtype),
+                               lambda: _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name,
+                                                                   files))
 
 
-def _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name):
-    sd, config, weights = read_referencenet(path, node, input_name)
-    module = build_referencenet(sd, config, weight_dtype, compute_dtype, os.path.basename(weights), node)
+def _build_referencenet_patcher(path, weight_dtype, compute_dtype, node, input_name, files=None):
+    files = files or checkpoint_files(path, ("referencenet",), node, input_name)
+    sd, config, weights = read_referencenet(path, node, input_name, files)
+    module = build_referencenet(sd, config, weight_dtype, compute_dtype, os.path.basename(weights), node,
+                                C.short_name(files[1]) if files[1] else "config.json")
     log.info("MuseV ReferenceNet %s: %s", os.path.basename(weights), module.geometry.describe())
     patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
     # MultiGPU deep clones rebuild it from the file, with their own weights on their own device

@@ -13,9 +13,9 @@ import latent_preview
 
 from ..musev_core import sigmas as S
 from ..musev_core import windows as W
-from . import compat
+from . import checks, compat
 from .context import PROGRESS_KEY, apply_parallel_denoise
-from .host import MuseVInputError
+from .host import MuseVInputError, widget_problem
 from .patch import NoiseSettings, get_state
 
 log = logging.getLogger("comfyui-musev")
@@ -47,8 +47,6 @@ def musev_linspace_sigmas(model_sampling, steps):
     return sigmas
 
 
-
-
 def context_inputs():
     return {
         "context_frames": ("INT", {"default": 12, "min": 2, "max": 256, "tooltip":
@@ -60,9 +58,9 @@ def context_inputs():
             "uniform_v2: MuseV's default, windows start at 0, F-O, ... and are cut at the end. uniform_looped: "
             "windows wrap around the end (closed loop) for seamlessly looping videos."}),
         "context_batch_size": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
-            "Windows denoised together in one UNet call. 0 = auto (default): as many as the GPU's free memory "
-            "allows by ComfyUI's memory estimate, 1 under low VRAM. Any value gives the same video (up to float "
-            "rounding); more windows per call is faster on a large GPU and needs more memory."}),
+            "Windows denoised together in one UNet call. 0 = auto (default): on a GPU as many as its free memory "
+            "allows by ComfyUI's memory estimate; 1 on the CPU and under low VRAM. Any value gives the same video "
+            "(up to float rounding); more windows per call is faster on a large GPU and needs more memory."}),
     }
 
 
@@ -131,6 +129,12 @@ class ParallelDenoiseSampler:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, context_frames=None, context_overlap=None,
+                        context_batch_size=None):
+        return window_problem(cls, "ParallelDenoiseSampler", width, height, context_frames, context_overlap,
+                              context_batch_size)
+
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The video latents (condition frame(s) first when included).",)
@@ -151,8 +155,18 @@ class ParallelDenoiseSampler:
             W.validate(frames, context_frames, context_overlap, max(1, context_batch_size))
         except W.WindowError as e:
             raise MuseVInputError(f"{node}: {e}") from None
+        n_vis = condition_count(vision_image, vision_latent)
+        problem = checks.hint_frames_problem([[c[1] for c in cond if len(c) > 1 and isinstance(c[1], dict)]
+                                              for cond in (positive, negative)], frames, n_vis, node)
+        if problem:      # before the VAE / CLIP vision / models load
+            raise MuseVInputError(problem)
         vision = condition_latents(node, vision_image, vae, vision_latent, width, height)
         channels = model.model.latent_format.latent_channels
+        if vision is not None and vision.shape[1] != channels:
+            what = ("'vision_latent'" if vision_latent is not None else "'vision_image' (encoded by 'vae')")
+            raise MuseVInputError(f"{node}: {what} has {vision.shape[1]} latent channels but the MODEL's latents have "
+                                  f"{channels}: use the SD1.5 VAE (4 channels, e.g. vae-ft-mse-840000) for the "
+                                  "condition image")
         h, w = height // 8, width // 8
         if init_latent is not None:
             latent = checked_latent(node, "init_latent", init_latent, frames, channels, h, w)
@@ -196,6 +210,11 @@ class MuseVContextWindows:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, context_frames=None, context_overlap=None, context_batch_size=None):
+        return window_problem(cls, "MuseVContextWindows", context_frames=context_frames,
+                              context_overlap=context_overlap, context_batch_size=context_batch_size)
+
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The MODEL with MuseV's context windows (a clone; the input MODEL is untouched): sample it "
@@ -208,6 +227,11 @@ class MuseVContextWindows:
         vision = None
         if vision_latent is not None:
             vision = latent_samples("MuseVContextWindows", "vision_latent", vision_latent)
+            channels = model.model.latent_format.latent_channels if hasattr(model, "model") else vision.shape[1]
+            if vision.shape[1] != channels:
+                raise MuseVInputError(f"MuseVContextWindows: 'vision_latent' has {vision.shape[1]} latent channels but "
+                                      f"the MODEL's latents have {channels}: encode the condition image with the SD1.5 "
+                                      "VAE (4 channels, e.g. vae-ft-mse-840000)")
         noise = NoiseSettings(noise_type, float(w_ind_noise), float(img_weight), diffusers_init=False)
         return (apply_parallel_denoise(model, vision=vision, schedule=context_schedule, context_frames=context_frames,
                                        context_overlap=context_overlap, context_batch_size=context_batch_size,
@@ -263,6 +287,9 @@ class MuseVJoinShots:
     def join(self, video, next_shot, drop_leading_frames):
         a = latent_samples("MuseVJoinShots", "video", video)
         b = latent_samples("MuseVJoinShots", "next_shot", next_shot)
+        if a.shape[1] != b.shape[1]:
+            raise MuseVInputError(f"MuseVJoinShots: 'next_shot' has {b.shape[1]} latent channels, 'video' {a.shape[1]}: "
+                                  "both shots must come from the same model and VAE")
         if a.shape[1:] != b.shape[1:]:
             raise MuseVInputError(f"MuseVJoinShots: 'video' frames are {tuple(a.shape[1:])}, 'next_shot' frames "
                                   f"{tuple(b.shape[1:])}: shots must have the same size")
@@ -290,11 +317,41 @@ def latent_samples(node, name, latent):
     return samples
 
 
+def condition_count(image, latent):
+    """Condition frames the sampler will put in front of every window (known before anything is encoded)."""
+    for value in (latent.get("samples") if isinstance(latent, dict) else None, image):
+        if isinstance(value, torch.Tensor) and value.ndim == 4:
+            return int(value.shape[0])
+    return 0
+
+
+def window_problem(cls, node, width=None, height=None, context_frames=None, context_overlap=None,
+                   context_batch_size=None):
+    """VALIDATE_INPUTS of the sampler and the context-window node (widget values only; before any
+    model loads): ComfyUI's range checks for these inputs, sizes in multiples of 8, windows that advance."""
+    problem = widget_problem(cls, node, width=width, height=height, context_frames=context_frames,
+                             context_overlap=context_overlap, context_batch_size=context_batch_size)
+    if problem:
+        return problem
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and value % 8:
+            return f"{node}: '{name}' is {value}: width/height must be multiples of 8 (MuseV: 64)"
+    if context_frames is not None and context_overlap is not None:
+        try:
+            W.validate(1, int(context_frames), int(context_overlap), 1)
+        except W.WindowError as e:
+            return f"{node}: {e}"
+    return True
+
+
 def checked_latent(node, name, latent, frames, channels, h, w):
     samples = latent_samples(node, name, latent)
     if samples.shape[0] != frames:
         raise MuseVInputError(f"{node}: '{name}' has {samples.shape[0]} frames but 'frames' is {frames}: set frames "
                               f"to {samples.shape[0]} or trim the latent batch")
+    if samples.shape[1] != channels:
+        raise MuseVInputError(f"{node}: '{name}' has {samples.shape[1]} latent channels but the MODEL's latents have "
+                              f"{channels}: encode it with the SD1.5 VAE (4 channels)")
     if tuple(samples.shape[1:]) != (channels, h, w):
         raise MuseVInputError(f"{node}: '{name}' is {tuple(samples.shape[1:])} (channels, h, w) but the video is "
                               f"{(channels, h, w)}: encode it at {w * 8}x{h * 8}")
@@ -358,6 +415,7 @@ def run_sampler(model, positive, negative, latent, sigmas, sampler_name, cfg, se
 
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})[PROGRESS_KEY] = progress
+    m.model_options["transformer_options"][checks.NODE_KEY] = "ParallelDenoiseSampler"
     noise = comfy.sample.prepare_noise(latent, seed)
     sampler = comfy.samplers.sampler_object(sampler_name)
     return comfy.sample.sample_custom(m, noise, cfg, sampler, sigmas.to(latent.device), positive, negative, latent,

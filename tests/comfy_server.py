@@ -305,7 +305,10 @@ class ComfyServer:
     def wait_history(self, prompt_id, timeout=300, poll=0.1):
         deadline = time.monotonic() + timeout
         while True:
-            entry = self.history(prompt_id)
+            try:
+                entry = self.history(prompt_id)
+            except TimeoutError:        # a busy server (a run hogging the CPU) may answer late: ask again
+                entry = None
             if entry is not None and (entry.get("status") or {}).get("completed") is not None:
                 return entry
             if not self.alive():

@@ -88,6 +88,32 @@ class Env:
         _save_latent(os.path.join(inp, self.nan_latent), torch.full((1, 4, h, h), float("nan")))
         self.empty_latent = "musev_matrix_empty.latent"
         _save_latent(os.path.join(inp, self.empty_latent), torch.zeros(0, 4, h, h))
+        # issue 13: names outside models/musev, hostile config.json, NaN weights, weights that blow up
+        self.outside_file = os.path.join(models, "checkpoints", standins.checkpoint)
+        self.dotdot = "../checkpoints/" + standins.checkpoint
+        from safetensors.torch import load_file
+        motion_sd = load_file(real)
+        cfg_dir = os.path.join(bad, "hostile_config", "unet")
+        os.makedirs(cfg_dir, exist_ok=True)
+        save_file(motion_sd, os.path.join(cfg_dir, "diffusion_pytorch_model.safetensors"))
+        with open(os.path.join(os.path.dirname(real), "config.json")) as f:
+            cfg = json.load(f)
+        with open(os.path.join(cfg_dir, "config.json"), "w") as f:
+            json.dump(dict(cfg, attention_head_dim=0), f)
+        self.hostile_config = "matrix/hostile_config/"
+        key = next(k for k in motion_sd if "temp_convs" in k and k.endswith("conv1.2.weight"))
+        nan_sd = dict(motion_sd)
+        nan_sd[key] = motion_sd[key].clone()
+        nan_sd[key].view(-1)[0] = float("nan")
+        save_file(nan_sd, os.path.join(bad, "nan_motion.safetensors"))
+        self.nan_motion = "matrix/nan_motion.safetensors"
+        # finite weights that blow the output up: only the last temporal conv of the up path, so that little
+        # of the UNet computes on inf/NaN (slow on CPUs)
+        last = max((k for k in motion_sd if k.startswith("up_blocks.") and ".temp_convs." in k
+                    and k.endswith("temporal_weight")), key=lambda k: (int(k.split(".")[1]), int(k.split(".")[3])))
+        huge_sd = {k: (v.float() * 1e30 if k == last else v) for k, v in motion_sd.items()}
+        save_file(huge_sd, os.path.join(bad, "exploding_motion.safetensors"))
+        self.exploding_motion = "matrix/exploding_motion.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +183,35 @@ def latent_file(name):
     return node("LoadLatent", latent=name)
 
 
+def motion_case(e, name, **extra):
+    return with_nodes(e, bad=node("LoadMuseVMotion", model=["ckpt", 0], motion_model=name, frame_rate=8.0,
+                                  temporal_layers=True), out=show("bad"), **extra)
+
+
+def nan_image(e):
+    """An IMAGE full of NaN: a NaN latent through the stand-in VAE (clamp keeps NaN)."""
+    return {"nanlat": latent_file(e.nan_latent), "nanimg": node("VAEDecode", samples=["nanlat", 0], vae=["vae", 0])}
+
+
+def sd3_latent(batch=1):
+    return node("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=batch)
+
+
+def linked_name(e, cls, input_name, name, **inputs):
+    """``input_name`` fed by a link (PrimitiveString -> the If/Else switch, whose any-type output ComfyUI's
+    validation lets into a combo input): validation never sees the name, the node must check it."""
+    p = base(e, "musev_referencenet")
+    p["name"] = node("PrimitiveString", value=name)
+    p["switch"] = node("ComfySwitchNode", switch=True, on_true=["name", 0], on_false=["name", 0])
+    inputs[input_name] = ["switch", 0]
+    p["bad"] = node(cls, **inputs)
+    p["out"] = show("bad")
+    return p
+
+
+ONE_REFUSAL = r"is not a model in ComfyUI's models/musev/ folder: pick one from the list"
+
+
 # case id -> (prompt builder, kind, failing node id, input named, fix needles (regex, case-insensitive))
 CASES = {
     # LoadMuseVMotion: wrong files, missing file, wrong model family
@@ -180,7 +235,7 @@ CASES = {
     "motion_missing_file": (
         lambda e: with_nodes(e, bad=node("LoadMuseVMotion", model=["ckpt", 0], motion_model="motion/nope/",
                                          frame_rate=8.0, temporal_layers=True), out=show("bad")),
-        "rejected", "bad", "motion_model", [r"not in"]),
+        "rejected", "bad", "motion_model", [ONE_REFUSAL]),
     "motion_on_sd2_like_model": (
         lambda e: with_nodes(e, sd2=node("UNETLoader", unet_name=e.sd2, weight_dtype="default"),
                              bad=node("LoadMuseVMotion", model=["sd2", 0], motion_model=e.s.motion["musev"],
@@ -202,7 +257,7 @@ CASES = {
     "ip_start_after_end": (
         lambda e: with_nodes(e, "musev_referencenet", cv=node("CLIPVisionLoader", clip_name=e.s.clip_vision),
                              bad=ip(e, start_percent=0.8, end_percent=0.2), out=show("bad")),
-        "failed", "bad", "start_percent", [r"start_percent <= end_percent"]),
+        "rejected", "bad", "start_percent", [r"start_percent <= end_percent"]),
     # MuseVReferenceNet
     "referencenet_given_image_proj": (
         lambda e: with_nodes(e, "musev_referencenet", bad=ref(e, referencenet=e.s.image_proj["musev_referencenet"]),
@@ -223,13 +278,13 @@ CASES = {
         "failed", "bad", "model", [r"LoadMuseVMotion"]),
     "sampler_width_not_multiple_of_8": (
         lambda e: sampler_case(e, width=68),
-        "failed", "bad", "width", [r"multiples? of 8"]),
+        "rejected", "bad", "width", [r"multiples? of 8"]),
     "sampler_zero_frames": (
         lambda e: sampler_case(e, frames=0),
         "rejected", "bad", "frames", [r"smaller than min"]),
     "sampler_overlap_not_below_window": (
         lambda e: sampler_case(e, context_frames=2, context_overlap=2),
-        "failed", "bad", "context_overlap", [r"smaller than|less than|below"]),
+        "rejected", "bad", "context_overlap", [r"smaller than|less than|below"]),
     "sampler_init_latent_frame_count": (
         lambda e: with_nodes(e, lat=node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=3),
                              bad=node("ParallelDenoiseSampler", **sampler_inputs(init_latent=["lat", 0], denoise=0.5)),
@@ -291,7 +346,7 @@ CASES = {
                                          context_overlap=8, context_schedule="uniform_v2", context_batch_size=1,
                                          noise_type="video_fusion", w_ind_noise=0.5, img_weight=0.001),
                              out=show("bad")),
-        "failed", "bad", "context_overlap", [r"smaller than|less than|below"]),
+        "rejected", "bad", "context_overlap", [r"smaller than|less than|below"]),
     "windows_nan_vision_latent": (
         lambda e: with_nodes(e, nan=latent_file(e.nan_latent),
                              bad=node("MuseVContextWindows", model=["motion", 0], context_frames=12,
@@ -335,14 +390,97 @@ CASES = {
         "failed", "bad", "condition_image", [r"connect the condition image|video_has_condition True"]),
     "pose_size_not_multiple_of_8": (
         lambda e: pose_case(e, width=68, height=64),
-        "failed", "bad", "width", [r"multiples of 8"]),
+        "rejected", "bad", "width", [r"multiples? of 8"]),
     "pose_detect_without_dwpose_weights": (
         lambda e: pose_case(e, mode="detect"),
         "failed", "bad", "detector", [r"models/dwpose", r"nothing is downloaded|Put"]),
     "pose_align_without_condition_image": (
         lambda e: pose_case(e, pose_align="translate", condition_image=None),
         "failed", "bad", "condition_image", [r"pose_align off|connect it"]),
+    # ---- issue 13: names that leave models/musev (one message, nothing opened), widget values
+    "motion_name_dotdot": (
+        lambda e: motion_case(e, e.dotdot),
+        "rejected", "bad", "motion_model", [ONE_REFUSAL]),
+    "motion_name_absolute": (
+        lambda e: motion_case(e, e.outside_file),
+        "rejected", "bad", "motion_model", [ONE_REFUSAL]),
+    "referencenet_name_dotdot": (
+        lambda e: with_nodes(e, "musev_referencenet", bad=ref(e, referencenet="../" + e.dotdot), out=show("bad")),
+        "rejected", "bad", "referencenet", [ONE_REFUSAL]),
+    "image_proj_name_absolute": (
+        lambda e: with_nodes(e, "musev_referencenet", cv=node("CLIPVisionLoader", clip_name=e.s.clip_vision),
+                             bad=ip(e, image_proj="/etc/hostname"), out=show("bad")),
+        "rejected", "bad", "image_proj", [ONE_REFUSAL]),
+    # ... and through a link (validation cannot see them; needs ComfyUI's If/Else switch node)
+    "motion_name_linked_dotdot": (
+        lambda e: linked_name(e, "LoadMuseVMotion", "motion_model", e.dotdot, model=["ckpt", 0], frame_rate=8.0,
+                              temporal_layers=True),
+        "failed", "bad", "motion_model", [ONE_REFUSAL]),
+    "referencenet_name_linked_absolute": (
+        lambda e: linked_name(e, "MuseVReferenceNet", "referencenet", e.outside_file, model=["motion", 0],
+                              vae=["vae", 0], image=["image", 0]),
+        "failed", "bad", "referencenet", [ONE_REFUSAL]),
+    # ---- issue 13: files that cannot work, named with the file and key
+    "motion_config_hostile_value": (
+        lambda e: motion_case(e, e.hostile_config),
+        "failed", "bad", "motion_model", [r"unet/config\.json", r"attention_head_dim"]),
+    "motion_nan_weights": (
+        lambda e: motion_case(e, e.nan_motion),
+        "failed", "bad", "motion_model", [r"NaN/inf", r"download it again"]),
+    "sampler_output_nan": (
+        lambda e: with_nodes(e, m2=node("LoadMuseVMotion", model=["ckpt", 0], motion_model=e.exploding_motion,
+                                        frame_rate=8.0, temporal_layers=True),
+                             bad=node("ParallelDenoiseSampler", **sampler_inputs(model=("m2", 0))), out=show("bad")),
+        "failed", "bad", "model", [r"NaN/inf", r"black", r"attention backend", r"input"]),
+    # ---- NaN images, channel counts, frames vs the pose clip
+    "ip_nan_image": (
+        lambda e: with_nodes(e, "musev_referencenet", cv=node("CLIPVisionLoader", clip_name=e.s.clip_vision),
+                             bad=ip(e, image=["nanimg", 0]), out=show("bad"), **nan_image(e)),
+        "failed", "bad", "image", [r"NaN/inf"]),
+    "referencenet_nan_image": (
+        lambda e: with_nodes(e, "musev_referencenet", bad=ref(e, image=["nanimg", 0]), out=show("bad"), **nan_image(e)),
+        "failed", "bad", "image", [r"NaN/inf"]),
+    "sampler_vision_latent_channels": (
+        lambda e: with_nodes(e, lat=sd3_latent(), bad=node("ParallelDenoiseSampler",
+                                                            **sampler_inputs(vision_latent=["lat", 0])),
+                             out=show("bad")),
+        "failed", "bad", "vision_latent", [r"channels"]),
+    "sampler_init_latent_channels": (
+        lambda e: with_nodes(e, lat=sd3_latent(2), bad=node("ParallelDenoiseSampler",
+                                                             **sampler_inputs(init_latent=["lat", 0], denoise=0.5)),
+                             out=show("bad")),
+        "failed", "bad", "init_latent", [r"channels"]),
+    "windows_vision_latent_channels": (
+        lambda e: with_nodes(e, lat=sd3_latent(),
+                             bad=node("MuseVContextWindows", model=["motion", 0], context_frames=12,
+                                      context_overlap=4, context_schedule="uniform_v2", context_batch_size=1,
+                                      noise_type="video_fusion", w_ind_noise=0.5, img_weight=0.001,
+                                      vision_latent=["lat", 0]),
+                             out=show("bad")),
+        "failed", "bad", "vision_latent", [r"channels"]),
+    "join_shots_of_other_channels": (
+        lambda e: with_nodes(e, a=node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=2), b=sd3_latent(2),
+                             bad=node("MuseVJoinShots", video=["a", 0], next_shot=["b", 0], drop_leading_frames=1),
+                             out=show("bad")),
+        "failed", "bad", "next_shot", [r"channels"]),
+    "sampler_frames_disagree_with_pose_clip": (
+        lambda e: with_nodes(e, cn=node("ControlNetLoader", control_net_name=e.s.controlnet),
+                             load=node("LoadVideo", file=e.pose_video),
+                             video=node("GetVideoComponents", video=["load", 0]), pose=pose(frame_count=2),
+                             bad=node("ParallelDenoiseSampler", **sampler_inputs(
+                                 positive=["pose", 0], negative=["pose", 1], frames=5, vision_image=["image", 0],
+                                 vae=["vae", 0])),
+                             out=show("bad")),
+        "failed", "bad", "frames", [r"'positive'", r"set 'frames' to 2", r"frame_count"]),
 }
+
+# cases that need nodes some hosts lack: case -> node classes
+NEEDS = {"motion_name_linked_dotdot": ("PrimitiveString", "ComfySwitchNode"),
+         "referencenet_name_linked_absolute": ("PrimitiveString", "ComfySwitchNode"),
+         "sampler_vision_latent_channels": ("EmptySD3LatentImage",),
+         "sampler_init_latent_channels": ("EmptySD3LatentImage",),
+         "windows_vision_latent_channels": ("EmptySD3LatentImage",),
+         "join_shots_of_other_channels": ("EmptySD3LatentImage",)}
 
 
 def run_case(server, prompt):
@@ -361,6 +499,9 @@ def run_case(server, prompt):
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(env, comfy_server, case):
     build, kind, node_id, input_name, needles = CASES[case]
+    missing = [c for c in NEEDS.get(case, ()) if c not in comfy_server.get_json(f"/object_info/{c}")[1]]
+    if missing:
+        pytest.skip(f"this ComfyUI has no {', '.join(missing)}")
     prompt = build(env)
     t0 = time.monotonic()
     got, info = run_case(comfy_server, prompt)

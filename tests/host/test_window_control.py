@@ -170,7 +170,8 @@ def test_bad_hint_count(comfy_host, parity_dir, musev):
     cnet = tiny_controlnet(parity_dir).copy().set_cond_hint(torch.rand(4, 3, h, w), 1.0, (0.0, 1.0))
     m = ctx.apply_parallel_denoise(model, vision=vision, context_frames=4, context_overlap=2)
     latent = torch.zeros(9, *vision.shape[1:])
-    with pytest.raises(host.MuseVInputError, match="ControlNet image batch has 4 frames.*PoseVideoCondition"):
+    # caught before sampling starts (nodes/checks.py), naming both counts and the fix
+    with pytest.raises(host.MuseVInputError, match=r"is 9 but the pose clip .* has 4 frames.*PoseVideoCondition"):
         comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 0), 1, 3.5, "euler", "normal",
                             with_control(pos, cnet), with_control(neg, cnet), latent, disable_pbar=True, seed=0)
 
