@@ -159,9 +159,12 @@ def main():
     tauto, oauto = run_sampler(musev, vision, pos, neg, frames, 0)
     k, details = seen[n_seen] if len(seen) > n_seen else ("?", "no decision recorded")
     ref = o1[0]["samples"]
+    tall, oall = run_sampler(musev, vision, pos, neg, frames, n_windows)
     print(f"context_batch_size auto -> {k} window(s) per call ({details})")
     print(f"batched windows: batch 1 {t1:.2f} s, auto ({k}) {tauto:.2f} s, auto / batch 1 {tauto / t1:.3f}, "
           f"max |diff| {float((ref - oauto[0]['samples']).abs().max()):.2e} (latent max {float(ref.abs().max()):.2f})")
+    print(f"all {n_windows} windows in one call: {tall:.2f} s, / batch 1 {tall / t1:.3f}, max |diff| "
+          f"{float((ref - oall[0]['samples']).abs().max()):.2e}")
     peaks = {}
     for n in (24, 96):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-run", str(n)],

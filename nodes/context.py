@@ -56,6 +56,13 @@ def low_vram(model):
     return bool(getattr(base, "model_lowvram", False))
 
 
+def batching_pays(device):
+    """Whether several windows per UNet call can be faster on ``device``: on an accelerator, which a
+    window alone leaves under-used; not on the CPU, whose cores one window already keeps busy (measured
+    there: no gain at the reduced SD1.5 size, a loss under load; bench/bench_sampler.py)."""
+    return torch.device(device).type != "cpu"
+
+
 class MuseVContextHandler(ContextHandlerABC):
     def __init__(self, schedule="uniform_v2", context_frames=12, context_overlap=4, context_batch_size=AUTO_BATCH,
                  context_stride=1):
@@ -100,10 +107,12 @@ class MuseVContextHandler(ContextHandlerABC):
     def auto_batch_size(self, model, n_frames, n_vis, latent_shape, devices, n_conds=2):
         """``(k, details)``: the most windows per UNet call whose estimated memory (:meth:`memory_for`,
         times ComfyUI's batching margin) fits the free memory of every device in ``devices``; 1 under
-        low VRAM.  Under MultiGPU at most ceil(windows / devices), so every device keeps a group."""
+        low VRAM and on the CPU (:func:`batching_pays`).  Under MultiGPU at most ceil(windows / devices), so every device keeps a group."""
         n_windows = len(self.windows(max(1, int(n_frames))))
         if low_vram(model):
             return 1, "low VRAM"
+        if not any(batching_pays(d) for d in devices):
+            return 1, "CPU: one window per call"
         k_max = min(MAX_BATCH, n_windows)
         if len(devices) > 1:
             k_max = min(k_max, -(-n_windows // len(devices)))

@@ -59,15 +59,17 @@ def test_input_default_is_auto(comfy_host):
         assert "auto" in opts["tooltip"] and "0" in opts["tooltip"]
 
 
-def test_auto_equals_one_window_at_a_time(comfy_host, musev):
+def test_auto_equals_one_window_at_a_time(comfy_host, musev, monkeypatch):
     ctx = comfy_host.pack("nodes.context")
     model, pos, neg, vision, _, _ = musev
+    # auto batches on accelerators only; this host is a CPU: let it batch here as on a GPU
+    monkeypatch.setattr(ctx, "batching_pays", lambda device: True)
     frames = 9                         # F=4 O=2 -> 4 windows, the last one shorter
     m1, c1 = _with_counter(model)
     ref = pds(comfy_host, m1, pos, neg, vision, frames, context_batch_size=1)
     ma, ca = _with_counter(model)
     auto = pds(comfy_host, ma, pos, neg, vision, frames, context_batch_size=0)
-    # a CPU host has GBs free: auto takes all 4 windows in one call (2 calls per step, CFG halves batched)
+    # GBs free: auto takes all 4 windows in one call (2 calls per step, CFG halves batched)
     per_step = len(ca.rows) // 2
     assert per_step < len(c1.rows) // 2, f"auto made {ca.rows}, batch 1 made {c1.rows}"
     assert max(ca.rows) > max(c1.rows)
@@ -85,6 +87,9 @@ def test_auto_picks_the_largest_batch_that_fits(comfy_host, musev, monkeypatch):
     model, *_ = musev
     handler = ctx.MuseVContextHandler("uniform_v2", 4, 2, ctx.AUTO_BATCH)
     shape = (20, 4, 8, 8)
+    monkeypatch.setattr(compat, "free_memory", lambda m, d: 1e15)
+    assert handler.auto_batch_size(model, 20, 1, shape, [torch.device("cpu")]) == (1, "CPU: one window per call")
+    monkeypatch.setattr(ctx, "batching_pays", lambda device: True)
     n_windows = len(handler.windows(20))
     need = [handler.memory_for(model, 20, 1, shape, k) for k in range(1, n_windows + 1)]
     assert all(a < b for a, b in zip(need, need[1:])), "the estimate grows with the windows per call"
@@ -108,6 +113,7 @@ def test_prepare_sampling_estimate_matches_auto(comfy_host, musev, monkeypatch):
     import comfy.sampler_helpers as sh
     ctx = comfy_host.pack("nodes.context")
     model, pos, neg, vision, _, _ = musev
+    monkeypatch.setattr(ctx, "batching_pays", lambda device: True)     # batch here as on a GPU
     seen = []
     real = sh.estimate_memory
 
@@ -129,6 +135,7 @@ def test_prepare_sampling_estimate_matches_auto(comfy_host, musev, monkeypatch):
     assert seen and seen[0][0] == 4 + n_vis, f"estimate for {seen[0][0]} rows, one window is {4 + n_vis}"
     assert len(decisions) == 1, "auto decides once per run"
     k = decisions[0]
+    assert k > 1
     handler = ctx.MuseVContextHandler("uniform_v2", 4, 2, k)
     rows = [sum(len(w) + n_vis for w in g) for g in handler.groups(9)]
     assert sorted(set(calls.rows)) == sorted({2 * r for r in rows}), (calls.rows, rows)
