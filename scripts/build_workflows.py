@@ -3,17 +3,24 @@
 
 Every workflow is assembled the way a user would build it: a ComfyUI server (with this pack) is
 started, the frontend is opened in headless Chromium, the nodes are created with LiteGraph, their
-widgets set, their sockets connected, they are laid out in labelled columns (groups), and
-``app.graph.serialize()`` -- what the frontend saves -- is written to example_workflows/.
+widgets set, their sockets connected; every node is measured as the frontend draws it (previews,
+notes and the window chart included), the groups are packed into rows so that the whole graph fits
+a full-HD browser window at a readable zoom, and what the frontend exports (``app.graphToPrompt()``'s
+workflow with the view, as "Export" saves it) is written to example_workflows/.
 
     COMFYUI_PATH=/path/to/ComfyUI python scripts/build_workflows.py [--check] [name ...]
 
+Build with the newest frontend (ComfyUI 0.28's 1.45): the files carry its format; older frontends
+(1.27, ComfyUI 0.3.64) load them too (tests/host/test_workflows.py checks both).
+
 ``--check`` writes nothing and fails when a committed file differs from what would be built
-(node types, widgets, links, layout).  The graphs are described below in plain data
-(``WORKFLOWS``); the layout is computed from the sizes the frontend gives each node, so that no
-two nodes overlap.  Needs the test harness' dependencies (playwright + a system Chromium).
+(node types, widgets, links, layout, view).  The graphs are described below in plain data
+(``WORKFLOWS``); model names come from the one model table (nodes/model_table.py).  Needs the
+test harness' dependencies (playwright + a system Chromium).
 """
 import argparse
+import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -22,33 +29,52 @@ PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(PACK_DIR, "tests")
 OUT_DIR = os.path.join(PACK_DIR, "example_workflows")
 
+
+def _model_table():
+    """nodes/model_table.py (pure data, no ComfyUI import), loaded by path."""
+    spec = importlib.util.spec_from_file_location("musev_model_table", os.path.join(PACK_DIR, "nodes",
+                                                                                   "model_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TABLE = _model_table()
+
+
+def M(key):
+    """The widget value of a model of the table."""
+    return TABLE.get(key).name
+
+
 # ------------------------------------------------------------------------------------------------
-# released files (the names a user gets from the links in each workflow's model note)
-CKPT_T2V = "majicmixRealv6Fp16.safetensors"
-CKPT_V2V = "fantasticmix_v10.safetensors"
-VAE = "vae-ft-mse-840000-ema-pruned.safetensors"
-CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
-CONTROLNET = "control_v11p_sd15_openpose.pth"
-MOTION_MUSEV = "motion/musev/"
-MOTION_REF = "motion/musev_referencenet/"
-MOTION_POSE = "motion/musev_referencenet_pose/"
-REFERENCENET = "motion/musev_referencenet/referencenet/"
-IMAGE_PROJ_REF = "motion/musev_referencenet/ip_adapter_image_proj.bin"
-IMAGE_PROJ_POSE = "motion/musev_referencenet_pose/ip_adapter_image_proj.bin"
+# The view a workflow is saved for: a full-HD browser window (1920 x 960 CSS px of page) at
+# devicePixelRatio 1 with ComfyUI 0.28's frontend (1.45), which draws its canvas under the whole page
+# with a sidebar on the left and tabs / breadcrumb / run bar on top: USABLE_PAGE is the page
+# rectangle (left, top, right, bottom) nothing covers there.  Every node must lie inside it at a
+# zoom of at least MIN_ZOOM (the frontend draws no node text below about 0.57), in both of that
+# frontend's renderers.  0.3.64's frontend (1.27) starts its canvas below and right of its bars
+# (OLD_CANVAS_ORIGIN): the same view sits that much lower/right there; the graph still fits its
+# canvas at the saved zoom (checked by the tests).
+REFERENCE_VIEWPORT = {"width": 1920, "height": 960}
+USABLE_PAGE = (64, 104, 1904, 910)
+OLD_CANVAS_ORIGIN = (64, 78)
+MIN_ZOOM = 0.65
+MAX_ZOOM = 1.0
+
+
+def usable_canvas():
+    """The usable rectangle in canvas pixels (the 1.45 canvas starts at the page's corner)."""
+    return USABLE_PAGE
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs the workflows name (tests/workflow_inputs.py writes generated ones)
 IMAGE = "example.png"
 POSE_VIDEO = "video1_girl_poseseq.mp4"
 SOURCE_VIDEO = "source_video.mp4"
-
-# Every model file name used in the shipped workflows (tests map each one to a stand-in).
-MODEL_FILES = {
-    "ckpt_name": (CKPT_T2V, CKPT_V2V),
-    "vae_name": (VAE,),
-    "clip_name": (CLIP_VISION,),
-    "control_net_name": (CONTROLNET,),
-    "motion_model": (MOTION_MUSEV, MOTION_REF, MOTION_POSE),
-    "referencenet": (REFERENCENET,),
-    "image_proj": (IMAGE_PROJ_REF, IMAGE_PROJ_POSE),
-}
+SEED = 1234
 
 # MuseV's negative prompt "V2" (spec §5.2) without its textual-inversion names (badhandv4,
 # ng_deepnegative_v1_75t), which ComfyUI would read as plain words; add them as
@@ -66,264 +92,303 @@ PROMPT_DANCE = ("(masterpiece, best quality, highres:1) , a girl is dancing, wea
                 "animation")
 PROMPT_V2V = "(masterpiece, best quality, highres:1), a girl dancing, anime style, vivid colors"
 
-MODEL_TABLE = """| folder | file | where from |
-|---|---|---|
-| `models/checkpoints` | a single-file SD1.5 checkpoint: MuseV used **majicmixRealv6Fp16** (t2v/i2v) and **fantasticmix_v10** (pose/v2v); any SD1.5 model works | civitai (majicMIX realistic v6, fantasticmix v1.0) or your own |
-| `models/vae` | `vae-ft-mse-840000-ema-pruned.safetensors` (sd-vae-ft-mse) | stabilityai/sd-vae-ft-mse-original |
-| `models/clip_vision` | IP-Adapter's `image_encoder` (OpenCLIP ViT-H/14), saved as `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` | h94/IP-Adapter `models/image_encoder/model.safetensors` |
-| `models/controlnet` | `control_v11p_sd15_openpose.pth` (pose only) | lllyasviel/ControlNet-v1-1 |
-| `models/musev/motion/` | the `musev/`, `musev_referencenet/` and `musev_referencenet_pose/` folders, unchanged (`unet/`, `referencenet/`, `ip_adapter_image_proj.bin`) | Hugging Face TMElyralab/MuseV, folder `motion/` |
-"""
+THUMBNAIL_NOTE = "*Thumbnail: a frame of this workflow's output made with random-weight stand-in models.*"
+
+# Loader inputs that take a model of the table (node type, widget) -> the table keys they may hold.
+MODEL_WIDGETS = {
+    ("MuseVCheckpointLoader", "ckpt_name"), ("MuseVVAELoader", "vae_name"),
+    ("MuseVCLIPVisionLoader", "clip_name"), ("LoadMuseVMotion", "motion_model"),
+    ("MuseVReferenceNet", "referencenet"), ("MuseVIPAdapter", "image_proj"),
+    ("ControlNetLoader", "control_net_name"), ("LoraLoaderModelOnly", "lora_name"),
+    ("MuseVFaceID", "faceid_model"),
+}
 
 
-def note(title, body, width=560):
-    return {"type": "MarkdownNote", "title": title, "text": body, "width": width}
+def model_entry(folder, name):
+    """The table's entry for a widget value, or None."""
+    for m in TABLE.MODELS:
+        if m.folder == folder and m.name == name:
+            return m
+    return None
 
 
-def models_note(extra=""):
-    return note("Models: what goes where", "### Models\n\n" + MODEL_TABLE + ("\n" + extra if extra else ""), 620)
+def table_entry_for_widget(value):
+    """The table entry a model widget value names (any folder)."""
+    hits = [m for m in TABLE.MODELS if m.name == value]
+    return hits[0] if hits else None
 
 
-def n(type_, title=None, width=None, **widgets):
-    """A node spec: type, optional title/width, widget values by widget name."""
-    return {"type": type_, "title": title, "width": width, "widgets": widgets}
+def frontend_model_metadata(value):
+    """``properties.models`` entries for a model widget's value, in the form the 1.45 frontend's
+    missing-models check uses (``{name, url, directory}``, ``name`` = the widget value, ``directory``
+    = the models folder key).  That check looks the name up among the *files* ComfyUI lists for the
+    folder (/api/experiment/models/<folder>), so a folder value (MuseV's diffusers folders, ending
+    in ``/``) would always be reported missing, installed or not: folders get no entry (their
+    name, folder and URL are in the workflow's note, and the loader's error names them)."""
+    m = table_entry_for_widget(value)
+    if m is None or m.is_folder:
+        return []
+    return [{"name": m.name, "url": m.url, "directory": m.folder}]
 
 
-def sampler(**widgets):
+def readme(title, body, model_keys, width=540):
+    """One note per workflow: what it does, then every model file it names (from the table)."""
+    lines = [f"### {title}", "", body.strip(), "", "**Models**: folder under `ComfyUI/models/`, name as the loader "
+             "shows it, link", ""]
+    for key in model_keys:
+        m = TABLE.get(key)
+        lines.append(f"* `{m.folder}/` `{m.name}` [{'folder' if m.is_folder else 'file'} ↗]({m.url})")
+    lines += ["", f"MuseV's files: clone [TMElyralab/MuseV]({TABLE.HF_MUSEV}) (or only these folders) into "
+              "`models/musev/`.", "", THUMBNAIL_NOTE]
+    return {"type": "MarkdownNote", "title": title, "text": "\n".join(lines), "width": width, "models": model_keys}
+
+
+def n(type_, title=None, node_width=None, **widgets):
+    """A node spec: type, optional title / node width, widget values by widget name (a widget may be
+    called ``width``: the node's own width is ``node_width``)."""
+    return {"type": type_, "title": title, "width": node_width, "widgets": widgets}
+
+
+def sampler(title="MuseV Parallel Denoise Sampler", **widgets):
+    # context_batch_size / context_stride: the node's defaults (auto batching, MuseV's stride)
     base = dict(frames=12, width=512, height=512, context_frames=12, context_overlap=4, context_schedule="uniform_v2",
-                context_batch_size=1, noise_type="video_fusion", w_ind_noise=0.5, img_weight=0.001, seed=1234,
-                steps=10, cfg=3.5, sampler_name="euler", scheduler="musev_linspace", include_condition_frames=True)
+                noise_type="video_fusion", w_ind_noise=0.5, img_weight=0.001, seed=SEED,
+                control_after_generate="fixed", steps=10, cfg=3.5, sampler_name="euler", scheduler="musev_linspace",
+                include_condition_frames=True)
     base.update(widgets)
-    return n("ParallelDenoiseSampler", "MuseV Parallel Denoise Sampler", **base)
+    return n("ParallelDenoiseSampler", title, **base)
+
+
+def base_loaders(t2i="t2i_majicmix", clip_vision=True):
+    nodes = {
+        "base": n("MuseVCheckpointLoader", "Base model (SD1.5)", ckpt_name=M(t2i)),
+        "vae": n("MuseVVAELoader", "VAE (sd-vae-ft-mse)", vae_name=M("vae")),
+    }
+    if clip_vision:
+        nodes["clip_vision"] = n("MuseVCLIPVisionLoader", "CLIP vision (ViT-H/14)", clip_name=M("clip_vision"))
+    return nodes
+
+
+def prompts(text):
+    return {"positive": n("CLIPTextEncode", "Prompt", 400, text=text),
+            "negative": n("CLIPTextEncode", "Negative prompt (MuseV V2)", 400, text=NEGATIVE_V2)}
 
 
 def reference_chain(motion, image_proj, image_node, vae_node="vae"):
     """LoadMuseVMotion -> MuseVIPAdapter -> MuseVReferenceNet nodes and their links."""
     nodes = {
-        "ipadapter": n("MuseVIPAdapter", image_proj=image_proj, scale=1.0, start_percent=0.0, end_percent=1.0),
-        "referencenet": n("MuseVReferenceNet", referencenet=REFERENCENET),
+        "ipadapter": n("MuseVIPAdapter", image_proj=M(image_proj), scale=1.0, start_percent=0.0, end_percent=1.0),
+        "referencenet": n("MuseVReferenceNet", referencenet=M("referencenet")),
     }
-    links = [("motion", "model", "ipadapter", "model"), ("clip_vision", "CLIP_VISION", "ipadapter", "clip_vision"),
+    links = [(motion, "model", "ipadapter", "model"), ("clip_vision", "CLIP_VISION", "ipadapter", "clip_vision"),
              (image_node, "IMAGE", "ipadapter", "image"), ("ipadapter", "model", "referencenet", "model"),
              (vae_node, "VAE", "referencenet", "vae"), (image_node, "IMAGE", "referencenet", "image")]
     return nodes, links
 
 
-def image_to_video(name, title, about, frames, prompt, schedule="uniform_v2", include_condition=True, fps=12,
-                   extra_note=""):
-    nodes = {
-        "note": models_note(extra_note),
-        "about": note(title, about, 620),
-        "ckpt": n("CheckpointLoaderSimple", ckpt_name=CKPT_T2V),
-        "vae": n("VAELoader", "VAE (sd-vae-ft-mse)", vae_name=VAE),
-        "clip_vision": n("CLIPVisionLoader", "CLIP vision (ViT-H/14)", clip_name=CLIP_VISION),
-        "image": n("LoadImage", "Condition image (first frame)", 300, image=IMAGE),
-        "positive": n("CLIPTextEncode", "Prompt", 420, text=prompt),
-        "negative": n("CLIPTextEncode", "Negative prompt (MuseV V2)", 420, text=NEGATIVE_V2),
-        "motion": n("LoadMuseVMotion", motion_model=MOTION_REF, frame_rate=8.0, temporal_layers=True),
-        "sampler": sampler(frames=frames, context_schedule=schedule, include_condition_frames=include_condition),
-        "decode": n("VAEDecode"),
-        "video": n("CreateVideo", fps=float(fps)),
-        "save": n("SaveVideo", filename_prefix=f"video/{name}", format="auto", codec="auto"),
-    }
-    chain_nodes, chain_links = reference_chain("motion", IMAGE_PROJ_REF, "image")
-    nodes.update(chain_nodes)
-    links = [("ckpt", "MODEL", "motion", "model"), ("ckpt", "CLIP", "positive", "clip"),
-             ("ckpt", "CLIP", "negative", "clip"), ("referencenet", "model", "sampler", "model"),
-             ("positive", "CONDITIONING", "sampler", "positive"), ("negative", "CONDITIONING", "sampler", "negative"),
-             ("image", "IMAGE", "sampler", "vision_image"), ("vae", "VAE", "sampler", "vae"),
-             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
-             ("decode", "IMAGE", "video", "images"), ("video", "VIDEO", "save", "video")] + chain_links
-    columns = [("Read me", ["about", "note"]), ("Models & inputs", ["ckpt", "vae", "clip_vision", "image"]),
-               ("Prompt", ["positive", "negative"]), ("MuseV model", ["motion", "ipadapter", "referencenet"]),
-               ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
-    return {"nodes": nodes, "links": links, "columns": columns}
+def video_out(name, fps=12.0):
+    return {"decode": n("VAEDecode"), "video": n("CreateVideo", fps=fps),
+            "save": n("SaveVideo", "Save video", filename_prefix=f"video/{name}", format="auto", codec="auto")}
 
+
+VIDEO_LINKS = [("decode", "IMAGE", "video", "images"), ("video", "VIDEO", "save", "video")]
+REFERENCE_MODELS = ["t2i_majicmix", "vae", "clip_vision", "motion_referencenet", "image_proj_referencenet",
+                    "referencenet"]
 
 WORKFLOWS = {}
 
+
+def image_to_video(name, title, about, frames, prompt, schedule="uniform_v2", include_condition=True):
+    nodes = {"readme": readme(title, about, REFERENCE_MODELS)}
+    nodes.update(base_loaders())
+    nodes["image"] = n("LoadImage", "Condition image (first frame)", 300, image=IMAGE)
+    nodes.update(prompts(prompt))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "image")
+    nodes.update(chain_nodes)
+    nodes["sampler"] = sampler(frames=frames, context_schedule=schedule, include_condition_frames=include_condition)
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip"), ("referencenet", "model", "sampler", "model"),
+             ("positive", "CONDITIONING", "sampler", "positive"), ("negative", "CONDITIONING", "sampler", "negative"),
+             ("image", "IMAGE", "sampler", "vision_image"), ("vae", "VAE", "sampler", "vae"),
+             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision"]), ("Condition image", ["image"]),
+              ("Prompt", ["positive", "negative"]), ("MuseV model", ["motion", "ipadapter", "referencenet"]),
+              ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
+
+
 WORKFLOWS["musev_image_to_video"] = image_to_video(
     "musev_image_to_video", "MuseV: image to video",
-    "### Image to video (musev_referencenet)\n\n"
-    "The condition image is the clean first frame every context window sees, the IP-Adapter image prompt "
-    "and the ReferenceNet's reference, as in MuseV's `text2video.py` with a condition image.\n\n"
-    "* MuseV defaults: 12 frames after the condition frame, 12-frame windows with overlap 4, 10 euler steps "
-    "on `musev_linspace`, cfg 3.5, `video_fusion` noise (0.5), image-based noise 1e-3, frame rate 8, saved "
-    "at 12 fps.\n"
-    "* Sizes: the image is centre-cropped and resized to the sampler's width x height (multiples of 64, as "
-    "MuseV). About 12 GB of GPU memory at 512x512.",
+    "The condition image is the clean first frame every context window sees, the IP-Adapter image prompt and the "
+    "ReferenceNet's reference (MuseV's `text2video.py` with a condition image).\n\n"
+    "* MuseV's defaults: 12 frames after the condition frame, windows of 12 overlapping by 4, 10 euler steps on "
+    "`musev_linspace`, cfg 3.5, `video_fusion` noise 0.5, image noise 1e-3, frame rate 8, 12 fps.\n"
+    "* The image is centre-cropped and resized to the sampler's width x height (multiples of 64). About 12 GB "
+    "of GPU memory at 512x512.",
     frames=12, prompt=PROMPT_GIRL)
 
 WORKFLOWS["musev_long_video"] = image_to_video(
     "musev_long_video", "MuseV: long video (parallel denoising)",
-    "### Long video: 48 frames in overlapping windows\n\n"
-    "MuseV's *visual-conditioned parallel denoising*: 48 frames are denoised at once in windows of 12 frames "
-    "overlapping by 4 (the sampler draws the windows), and every window also sees the clean condition frame, "
-    "so windows far apart stay consistent. Predictions of overlapping windows are averaged.\n\n"
-    "* Memory stays that of one window: only the latent grows with the length.\n"
-    "* `context_batch_size` > 1 denoises several windows per UNet call (faster on a large GPU, same result).\n"
-    "* 4 s at 12 fps; raise `frames` for longer videos.",
+    "MuseV's *visual-conditioned parallel denoising*: 48 frames denoised at once in windows of 12 overlapping by "
+    "4 (the sampler draws them); every window also sees the clean condition frame, so windows far apart stay "
+    "consistent. Overlapping predictions are averaged.\n\n"
+    "* Memory stays that of one window group: only the latent grows with the length.\n"
+    "* `context_batch_size` (advanced input) > 1 runs several windows per UNet call: faster on a large GPU, "
+    "same result.",
     frames=48, prompt=PROMPT_SEA)
 
 WORKFLOWS["musev_looping_video"] = image_to_video(
     "musev_looping_video", "MuseV: looping video",
-    "### Seamlessly looping video\n\n"
-    "`context_schedule = uniform_looped`: the windows wrap around the end of the video (the last window "
-    "covers the last frames AND the first ones), so frame 23 flows into frame 0 -- a closed loop "
-    "(AnimateAnyone's `uniform` schedule in MuseV).\n\n"
-    "* `include_condition_frames` is off: the output is exactly the 24 loop frames (the condition frame "
-    "would sit in front of the loop).\n"
+    "`context_schedule = uniform_looped`: the windows wrap around the end (the last window covers the last frames "
+    "and the first ones), so frame 23 flows into frame 0: a closed loop.\n\n"
+    "* `include_condition_frames` is off: the output is exactly the 24 loop frames.\n"
     "* Good subjects: water, fire, clouds, hair in the wind.",
     frames=24, prompt=PROMPT_WATERFALL, schedule="uniform_looped", include_condition=False)
 
 
+def size_primitives():
+    return {"width": n("PrimitiveInt", "width", value=512, control_after_generate="fixed"),
+            "height": n("PrimitiveInt", "height", value=512, control_after_generate="fixed")}
+
+
 def text_to_image_to_video():
-    nodes = {
-        "note": models_note(),
-        "about": note("MuseV: text to image to video",
-                      "### Text to image to video\n\n"
-                      "MuseV's `text2video.py` without a condition image: the first frame is generated by the "
-                      "same model with its temporal layers switched off (`temporal_layers` off = MuseV's "
-                      "`skip_temporal_layer`), 1 frame, 30 steps, cfg 7.5; its latent (not re-encoded) becomes "
-                      "the condition frame and its image the IP-Adapter / ReferenceNet reference. The video then "
-                      "adds 11 frames (12 in all) with MuseV's video defaults (10 steps, cfg 3.5).\n\n"
-                      "* Change the seed of the first KSampler until you like the first frame; the video part "
-                      "re-runs from it.", 620),
-        "ckpt": n("CheckpointLoaderSimple", ckpt_name=CKPT_T2V),
-        "vae": n("VAELoader", "VAE (sd-vae-ft-mse)", vae_name=VAE),
-        "clip_vision": n("CLIPVisionLoader", "CLIP vision (ViT-H/14)", clip_name=CLIP_VISION),
-        "positive": n("CLIPTextEncode", "Prompt", 420, text=PROMPT_GIRL),
-        "negative": n("CLIPTextEncode", "Negative prompt (MuseV V2)", 420, text=NEGATIVE_V2),
-        "image_motion": n("LoadMuseVMotion", "Load MuseV Motion Model (first frame: temporal layers off)",
-                          motion_model=MOTION_REF, frame_rate=8.0, temporal_layers=False),
-        "empty": n("EmptyLatentImage", "First frame size", width=512, height=512, batch_size=1),
-        "ksampler": n("KSampler", "First frame (MuseV: 30 steps, cfg 7.5)", seed=1234, control_after_generate="fixed",
+    name = "musev_text_to_image_to_video"
+    nodes = {"readme": readme(
+        "MuseV: text to image to video",
+        "MuseV's `text2video.py` without a condition image: the first frame comes from the same model with its "
+        "temporal layers off (`temporal_layers` off = MuseV's `skip_temporal_layer`): 1 frame, 30 steps, cfg 7.5. "
+        "Its latent becomes the condition frame, its image the IP-Adapter / ReferenceNet reference; the video adds "
+        "11 frames with MuseV's video defaults (10 steps, cfg 3.5).\n\n"
+        "* `width` / `height` set both the first frame and the video.\n"
+        "* Change the first KSampler's seed until you like the first frame.",
+        REFERENCE_MODELS)}
+    nodes.update(base_loaders())
+    nodes.update(size_primitives())
+    nodes.update(prompts(PROMPT_GIRL))
+    nodes.update({
+        "image_motion": n("LoadMuseVMotion", "MuseV motion (first frame: temporal layers off)",
+                          motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=False),
+        "empty": n("EmptyLatentImage", "First frame latent", batch_size=1),
+        "ksampler": n("KSampler", "First frame (30 steps, cfg 7.5)", seed=SEED, control_after_generate="fixed",
                       steps=30, cfg=7.5, sampler_name="euler", scheduler="normal", denoise=1.0),
         "first_decode": n("VAEDecode", "Decode first frame"),
-        "first_preview": n("PreviewImage", "First frame"),
-        "motion": n("LoadMuseVMotion", motion_model=MOTION_REF, frame_rate=8.0, temporal_layers=True),
+        "first_preview": n("PreviewImage", "First frame", 260),
+        "motion": n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True),
         "sampler": sampler(frames=11),
-        "decode": n("VAEDecode"),
-        "video": n("CreateVideo", fps=12.0),
-        "save": n("SaveVideo", filename_prefix="video/musev_text_to_image_to_video", format="auto", codec="auto"),
-    }
-    chain_nodes, chain_links = reference_chain("motion", IMAGE_PROJ_REF, "first_decode")
+    })
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "first_decode")
     nodes.update(chain_nodes)
-    links = [("ckpt", "MODEL", "image_motion", "model"), ("ckpt", "MODEL", "motion", "model"),
-             ("ckpt", "CLIP", "positive", "clip"), ("ckpt", "CLIP", "negative", "clip"),
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "image_motion", "model"), ("base", "MODEL", "motion", "model"),
+             ("base", "CLIP", "positive", "clip"), ("base", "CLIP", "negative", "clip"),
+             ("width", "INT", "empty", "width"), ("height", "INT", "empty", "height"),
+             ("width", "INT", "sampler", "width"), ("height", "INT", "sampler", "height"),
              ("image_motion", "model", "ksampler", "model"), ("positive", "CONDITIONING", "ksampler", "positive"),
              ("negative", "CONDITIONING", "ksampler", "negative"), ("empty", "LATENT", "ksampler", "latent_image"),
              ("ksampler", "LATENT", "first_decode", "samples"), ("vae", "VAE", "first_decode", "vae"),
              ("first_decode", "IMAGE", "first_preview", "images"),
              ("referencenet", "model", "sampler", "model"), ("positive", "CONDITIONING", "sampler", "positive"),
              ("negative", "CONDITIONING", "sampler", "negative"), ("ksampler", "LATENT", "sampler", "vision_latent"),
-             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
-             ("decode", "IMAGE", "video", "images"), ("video", "VIDEO", "save", "video")] + chain_links
-    columns = [("Read me", ["about", "note"]), ("Models", ["ckpt", "vae", "clip_vision"]),
-               ("Prompt", ["positive", "negative"]),
-               ("1. First frame (text to image)",
-                ["image_motion", "empty", "ksampler", "first_decode", "first_preview"]),
-               ("2. MuseV model", ["motion", "ipadapter", "referencenet"]),
-               ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
-    return {"nodes": nodes, "links": links, "columns": columns}
+             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision", "width", "height"]),
+              ("Prompt", ["positive", "negative"]),
+              ("1. First frame (text to image)", ["image_motion", "empty", "ksampler", "first_decode", "first_preview"]),
+              ("2. MuseV model", ["motion", "ipadapter", "referencenet"]),
+              ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
 
 
 WORKFLOWS["musev_text_to_image_to_video"] = text_to_image_to_video()
 
 
 def video_to_video():
-    nodes = {
-        "note": models_note(),
-        "about": note("MuseV: video to video",
-                      "### Video to video (RGB initialisation)\n\n"
-                      "The source video's frames, VAE-encoded, start the denoising (`init_latent`) at "
-                      "`denoise` 0.7: lower keeps more of the source, higher follows the prompt more. Its first "
-                      "frame is the condition frame every window sees and the IP-Adapter / ReferenceNet "
-                      "reference; the following `frames` frames are re-generated.\n\n"
-                      "* `frames` (one primitive) sets both the frames taken from the video and the sampler's "
-                      "frame count: they must match.\n"
-                      "* `frame_rate` 1: MuseV's video2video frame-embedding rate (the sample rate), not 8.\n"
-                      "* The output keeps the source video's frame rate.", 620),
-        "ckpt": n("CheckpointLoaderSimple", ckpt_name=CKPT_V2V),
-        "vae": n("VAELoader", "VAE (sd-vae-ft-mse)", vae_name=VAE),
-        "clip_vision": n("CLIPVisionLoader", "CLIP vision (ViT-H/14)", clip_name=CLIP_VISION),
-        "load_video": n("LoadVideo", "Source video", file=SOURCE_VIDEO),
+    name = "musev_video_to_video"
+    nodes = {"readme": readme(
+        "MuseV: video to video",
+        "RGB initialisation: the source frames, VAE-encoded, start the denoising (`init_latent`) at `denoise` 0.7 "
+        "(lower keeps more of the source). Frame 0 is the condition frame every window sees and the IP-Adapter / "
+        "ReferenceNet reference; the next `frames` frames are re-generated.\n\n"
+        "* `frames`, `width`, `height` are set once and feed every node that needs them.\n"
+        "* `frame_rate` 1: MuseV's video2video frame-embedding rate (the sample rate).\n"
+        "* The output keeps the source video's frame rate.",
+        ["t2i_fantasticmix", "vae", "clip_vision", "motion_referencenet", "image_proj_referencenet", "referencenet"])}
+    nodes.update(base_loaders("t2i_fantasticmix"))
+    nodes.update(size_primitives())
+    nodes.update({
+        "load_video": n("LoadVideo", "Source video", 300, file=SOURCE_VIDEO),
         "frames": n("PrimitiveInt", "frames", value=12, control_after_generate="fixed"),
         "components": n("GetVideoComponents"),
-        "scale": n("ImageScale", "Resize to 512x512 (centre crop)", upscale_method="lanczos", width=512, height=512,
-                   crop="center"),
-        "first": n("ImageFromBatch", "Condition frame (video frame 0)", batch_index=0, length=1),
-        "rest": n("ImageFromBatch", "Frames to re-generate", batch_index=1, length=12),
+        "scale": n("ImageScale", "Resize (centre crop)", upscale_method="lanczos", crop="center"),
+        "first": n("ImageFromBatch", "Condition frame (frame 0)", batch_index=0, length=1),
+        "rest": n("ImageFromBatch", "Frames to re-generate", batch_index=1),
         "encode": n("VAEEncode", "Encode source frames"),
-        "positive": n("CLIPTextEncode", "Prompt", 420, text=PROMPT_V2V),
-        "negative": n("CLIPTextEncode", "Negative prompt (MuseV V2)", 420, text=NEGATIVE_V2),
-        "motion": n("LoadMuseVMotion", motion_model=MOTION_REF, frame_rate=1.0, temporal_layers=True),
-        "sampler": sampler(denoise=0.7),
-        "decode": n("VAEDecode"),
-        "video": n("CreateVideo", fps=12.0),
-        "save": n("SaveVideo", filename_prefix="video/musev_video_to_video", format="auto", codec="auto"),
-    }
-    chain_nodes, chain_links = reference_chain("motion", IMAGE_PROJ_REF, "first")
+    })
+    nodes.update(prompts(PROMPT_V2V))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=1.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "first")
     nodes.update(chain_nodes)
-    links = [("ckpt", "MODEL", "motion", "model"), ("ckpt", "CLIP", "positive", "clip"),
-             ("ckpt", "CLIP", "negative", "clip"), ("load_video", "VIDEO", "components", "video"),
-             ("components", "images", "scale", "image"), ("scale", "IMAGE", "first", "image"),
+    nodes["sampler"] = sampler(denoise=0.7)
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip"), ("load_video", "VIDEO", "components", "video"),
+             ("components", "images", "scale", "image"), ("width", "INT", "scale", "width"),
+             ("height", "INT", "scale", "height"), ("scale", "IMAGE", "first", "image"),
              ("scale", "IMAGE", "rest", "image"), ("frames", "INT", "rest", "length"),
              ("rest", "IMAGE", "encode", "pixels"), ("vae", "VAE", "encode", "vae"),
              ("referencenet", "model", "sampler", "model"), ("positive", "CONDITIONING", "sampler", "positive"),
              ("negative", "CONDITIONING", "sampler", "negative"), ("first", "IMAGE", "sampler", "vision_image"),
              ("vae", "VAE", "sampler", "vae"), ("encode", "LATENT", "sampler", "init_latent"),
-             ("frames", "INT", "sampler", "frames"),
+             ("frames", "INT", "sampler", "frames"), ("width", "INT", "sampler", "width"),
+             ("height", "INT", "sampler", "height"),
              ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
-             ("decode", "IMAGE", "video", "images"), ("components", "fps", "video", "fps"),
-             ("video", "VIDEO", "save", "video")] + chain_links
-    columns = [("Read me", ["about", "note"]), ("Models", ["ckpt", "vae", "clip_vision"]),
-               ("Source video", ["load_video", "frames", "components", "scale", "first", "rest", "encode"]),
-               ("Prompt", ["positive", "negative"]), ("MuseV model", ["motion", "ipadapter", "referencenet"]),
-               ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
-    return {"nodes": nodes, "links": links, "columns": columns}
+             ("components", "fps", "video", "fps")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision"]),
+              ("Settings", ["frames", "width", "height"]),
+              ("Source video", ["load_video", "components", "scale", "first", "rest", "encode"]),
+              ("Prompt", ["positive", "negative"]), ("MuseV model", ["motion", "ipadapter", "referencenet"]),
+              ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
 
 
 WORKFLOWS["musev_video_to_video"] = video_to_video()
 
 
 def pose_to_video():
-    nodes = {
-        "note": models_note(),
-        "about": note("MuseV: pose to video",
-                      "### Pose to video (musev_referencenet_pose + OpenPose ControlNet)\n\n"
-                      "The driving video already holds rendered OpenPose skeletons (MuseV's `video_is_middle`, "
-                      "e.g. MuseV's `data/source_video/video1_girl_poseseq.mp4`); switch `mode` to `detect` for a "
-                      "real video (DWPose weights in `models/dwpose/`).\n\n"
-                      "* Frame 0 of the video is the condition image's pose (`video_has_condition`); the next "
-                      "`frame_count` poses drive the generated frames (0 = the whole clip).\n"
-                      "* The pose node gives the sampler its frame count and size (0 = from the condition image, "
-                      "floored to a multiple of 64) and Load MuseV Motion Model its `frame_rate` (the sample rate: "
-                      "MuseV's video2video frame embedding).\n"
-                      "* The reference net is musev_referencenet's (the pose release has none).", 620),
-        "ckpt": n("CheckpointLoaderSimple", ckpt_name=CKPT_V2V),
-        "vae": n("VAELoader", "VAE (sd-vae-ft-mse)", vae_name=VAE),
-        "clip_vision": n("CLIPVisionLoader", "CLIP vision (ViT-H/14)", clip_name=CLIP_VISION),
-        "controlnet": n("ControlNetLoader", "OpenPose ControlNet", control_net_name=CONTROLNET),
+    name = "musev_pose_to_video"
+    nodes = {"readme": readme(
+        "MuseV: pose to video",
+        "The driving video holds rendered OpenPose skeletons (MuseV's `video_is_middle`, e.g. its "
+        "`video1_girl_poseseq.mp4`); set `mode` to `detect` for a real video (DWPose files in `models/dwpose/`).\n\n"
+        "* Frame 0 is the condition image's pose (`video_has_condition`); the next `frame_count` poses drive the "
+        "video.\n"
+        "* The pose node gives the sampler its frame count and size (0 = from the condition image) and the motion "
+        "model its `frame_rate`; the sampler's window chart follows `frame_count`.\n"
+        "* The ReferenceNet is musev_referencenet's (the pose release has none).",
+        ["t2i_fantasticmix", "vae", "clip_vision", "controlnet_openpose", "motion_pose", "image_proj_pose",
+         "referencenet"])}
+    nodes.update(base_loaders("t2i_fantasticmix"))
+    nodes.update({
+        "controlnet": n("ControlNetLoader", "OpenPose ControlNet", control_net_name=M("controlnet_openpose")),
         "image": n("LoadImage", "Condition image (first frame)", 300, image=IMAGE),
-        "load_video": n("LoadVideo", "Pose video", file=POSE_VIDEO),
+        "load_video": n("LoadVideo", "Pose video", 300, file=POSE_VIDEO),
         "components": n("GetVideoComponents"),
-        "positive": n("CLIPTextEncode", "Prompt", 420, text=PROMPT_DANCE),
-        "negative": n("CLIPTextEncode", "Negative prompt (MuseV V2)", 420, text=NEGATIVE_V2),
+    })
+    nodes.update(prompts(PROMPT_DANCE))
+    nodes.update({
         "pose": n("PoseVideoCondition", mode="pose video", video_has_condition=True, sample_rate=1, frame_count=24,
                   width=0, height=0, strength=1.0, start_percent=0.0, end_percent=1.0, pose_align="off",
                   detector="auto"),
-        "pose_preview": n("PreviewImage", "Pose frames (control images)"),
-        "motion": n("LoadMuseVMotion", motion_model=MOTION_POSE, frame_rate=1.0, temporal_layers=True),
+        "pose_preview": n("PreviewImage", "Pose frames", 260),
+        "motion": n("LoadMuseVMotion", motion_model=M("motion_pose"), frame_rate=1.0, temporal_layers=True),
         "sampler": sampler(),
-        "decode": n("VAEDecode"),
-        "video": n("CreateVideo", fps=12.0),
-        "save": n("SaveVideo", filename_prefix="video/musev_pose_to_video", format="auto", codec="auto"),
-    }
-    chain_nodes, chain_links = reference_chain("motion", IMAGE_PROJ_POSE, "image")
+    })
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_pose", "image")
     nodes.update(chain_nodes)
-    links = [("ckpt", "MODEL", "motion", "model"), ("ckpt", "CLIP", "positive", "clip"),
-             ("ckpt", "CLIP", "negative", "clip"), ("load_video", "VIDEO", "components", "video"),
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip"), ("load_video", "VIDEO", "components", "video"),
              ("positive", "CONDITIONING", "pose", "positive"), ("negative", "CONDITIONING", "pose", "negative"),
              ("controlnet", "CONTROL_NET", "pose", "control_net"), ("components", "images", "pose", "frames"),
              ("image", "IMAGE", "pose", "condition_image"), ("pose", "pose_images", "pose_preview", "images"),
@@ -333,26 +398,161 @@ def pose_to_video():
              ("pose", "width", "sampler", "width"), ("pose", "height", "sampler", "height"),
              ("image", "IMAGE", "sampler", "vision_image"), ("vae", "VAE", "sampler", "vae"),
              ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae"),
-             ("decode", "IMAGE", "video", "images"), ("components", "fps", "video", "fps"),
-             ("video", "VIDEO", "save", "video")] + chain_links
-    columns = [("Read me", ["about", "note"]),
-               ("Models & inputs", ["ckpt", "vae", "clip_vision", "controlnet", "image", "load_video", "components"]),
-               ("Prompt", ["positive", "negative"]), ("Pose condition", ["pose", "pose_preview"]),
-               ("MuseV model", ["motion", "ipadapter", "referencenet"]),
-               ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
-    return {"nodes": nodes, "links": links, "columns": columns}
+             ("components", "fps", "video", "fps")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision", "controlnet"]),
+              ("Inputs", ["image", "load_video", "components"]), ("Prompt", ["positive", "negative"]),
+              ("Pose condition", ["pose", "pose_preview"]), ("MuseV model", ["motion", "ipadapter", "referencenet"]),
+              ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
 
 
 WORKFLOWS["musev_pose_to_video"] = pose_to_video()
 
 
+def ksampler_context():
+    name = "musev_ksampler_context"
+    nodes = {"readme": readme(
+        "MuseV: context windows + KSampler",
+        "The AnimateDiff habit: `MuseV Context Windows` turns the MuseV MODEL into a video model for any sampler; "
+        "the stock KSampler denoises an Empty Latent batch (frames = batch size) in MuseV's overlapping windows, "
+        "all seeing the clean condition frame (`vision_latent`, the VAE-encoded condition image).\n\n"
+        "* Same maths as the Parallel Denoise Sampler; `musev_linspace` gives MuseV's sigmas.\n"
+        "* The chart on the context node follows the latent's batch size (24 frames, 3 windows).\n"
+        "* `width` / `height` set both the latent and the condition image's size.",
+        REFERENCE_MODELS)}
+    nodes.update(base_loaders())
+    nodes.update(size_primitives())
+    nodes.update({
+        "image": n("LoadImage", "Condition image", 300, image=IMAGE),
+        "scale": n("ImageScale", "Resize (centre crop)", upscale_method="lanczos", crop="center"),
+        "encode": n("VAEEncode", "Encode condition frame"),
+    })
+    nodes.update(prompts(PROMPT_GIRL))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "image")
+    nodes.update(chain_nodes)
+    nodes.update({
+        "context": n("MuseVContextWindows", "MuseV Context Windows", context_frames=12, context_overlap=4,
+                     context_schedule="uniform_v2", noise_type="video_fusion", w_ind_noise=0.5,
+                     img_weight=0.001),
+        "empty": n("EmptyLatentImage", "Video latent (frames = batch)", batch_size=24),
+        "ksampler": n("KSampler", seed=SEED, control_after_generate="fixed", steps=10, cfg=3.5, sampler_name="euler",
+                      scheduler="musev_linspace", denoise=1.0),
+    })
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip"),
+             ("image", "IMAGE", "scale", "image"), ("width", "INT", "scale", "width"), ("height", "INT", "scale", "height"),
+             ("scale", "IMAGE", "encode", "pixels"), ("vae", "VAE", "encode", "vae"),
+             ("referencenet", "model", "context", "model"), ("encode", "LATENT", "context", "vision_latent"),
+             ("width", "INT", "empty", "width"), ("height", "INT", "empty", "height"),
+             ("context", "model", "ksampler", "model"), ("positive", "CONDITIONING", "ksampler", "positive"),
+             ("negative", "CONDITIONING", "ksampler", "negative"), ("empty", "LATENT", "ksampler", "latent_image"),
+             ("ksampler", "LATENT", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision", "width", "height"]),
+              ("Condition frame", ["image", "scale", "encode"]), ("Prompt", ["positive", "negative"]),
+              ("MuseV model", ["motion", "ipadapter", "referencenet"]), ("Context windows", ["context", "empty"]),
+              ("KSampler", ["ksampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
+
+
+WORKFLOWS["musev_ksampler_context"] = ksampler_context()
+
+
+def shot_chaining():
+    name = "musev_shot_chaining"
+    nodes = {"readme": readme(
+        "MuseV: shot chaining",
+        "MuseV's end-to-end chaining (`n_batch`): shot 1 starts from the condition image; the last frame of its "
+        "latents (`MuseV Shot Condition`, not re-encoded) is shot 2's condition frame; `MuseV Join Shots` drops "
+        "shot 2's leading condition frame and appends the rest. Chain more shots the same way.\n\n"
+        "* `width` / `height` feed both samplers: shots must have one size.\n"
+        "* Shot 2 uses another seed, as MuseV's generator moves on.",
+        REFERENCE_MODELS)}
+    nodes.update(base_loaders())
+    nodes.update(size_primitives())
+    nodes["image"] = n("LoadImage", "Condition image (first frame)", 300, image=IMAGE)
+    nodes.update(prompts(PROMPT_GIRL))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "image")
+    nodes.update(chain_nodes)
+    nodes.update({
+        "shot1": sampler("Shot 1"),
+        "condition": n("MuseVShotCondition", "Last frame -> next condition", condition_frames=1),
+        "shot2": sampler("Shot 2", seed=SEED + 1),
+        "join": n("MuseVJoinShots", drop_leading_frames=1),
+    })
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip")]
+    for shot in ("shot1", "shot2"):
+        links += [("referencenet", "model", shot, "model"), ("positive", "CONDITIONING", shot, "positive"),
+                  ("negative", "CONDITIONING", shot, "negative"), ("width", "INT", shot, "width"),
+                  ("height", "INT", shot, "height")]
+    links += [("image", "IMAGE", "shot1", "vision_image"), ("vae", "VAE", "shot1", "vae"),
+              ("shot1", "latent", "condition", "latent"), ("condition", "vision_latent", "shot2", "vision_latent"),
+              ("shot1", "latent", "join", "video"), ("shot2", "latent", "join", "next_shot"),
+              ("join", "video", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision", "width", "height"]),
+              ("Condition image", ["image"]), ("Prompt", ["positive", "negative"]),
+              ("MuseV model", ["motion", "ipadapter", "referencenet"]), ("Shot 1", ["shot1"]),
+              ("Chain", ["condition", "join"]), ("Shot 2", ["shot2"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
+
+
+WORKFLOWS["musev_shot_chaining"] = shot_chaining()
+
+
+def lcm_fast():
+    name = "musev_lcm_fast"
+    nodes = {"readme": readme(
+        "MuseV: fast path (LCM-LoRA, 6 steps)",
+        "LCM-LoRA on the SD1.5 base (MuseV's configs offer LCM) with ComfyUI's own LCM pieces: `ModelSamplingDiscrete` "
+        "set to `lcm` and the `lcm` sampler, 6 steps instead of 10, cfg 1.5 (1.0 skips the negative pass: about "
+        "twice as fast again).\n\n"
+        "* The LoRA goes on the base, before the MuseV layers; the windows and the condition frame work as usual.\n"
+        "* Timesteps are LCM's own (its 50-step grid), not MuseV's continuous ones.",
+        REFERENCE_MODELS + ["lcm_lora"])}
+    nodes.update(base_loaders())
+    nodes.update({
+        "lora": n("LoraLoaderModelOnly", "LCM-LoRA", lora_name=M("lcm_lora"), strength_model=1.0),
+        "lcm": n("ModelSamplingDiscrete", "LCM sampling", sampling="lcm", zsnr=False),
+        "image": n("LoadImage", "Condition image (first frame)", 300, image=IMAGE),
+    })
+    nodes.update(prompts(PROMPT_GIRL))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "image")
+    nodes.update(chain_nodes)
+    nodes["sampler"] = sampler(steps=6, cfg=1.5, sampler_name="lcm", scheduler="sgm_uniform")
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "lora", "model"), ("lora", "MODEL", "lcm", "model"), ("lcm", "MODEL", "motion", "model"),
+             ("base", "CLIP", "positive", "clip"), ("base", "CLIP", "negative", "clip"),
+             ("referencenet", "model", "sampler", "model"),
+             ("positive", "CONDITIONING", "sampler", "positive"), ("negative", "CONDITIONING", "sampler", "negative"),
+             ("image", "IMAGE", "sampler", "vision_image"), ("vae", "VAE", "sampler", "vae"),
+             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision"]), ("LCM", ["lora", "lcm"]),
+              ("Condition image", ["image"]), ("Prompt", ["positive", "negative"]),
+              ("MuseV model", ["motion", "ipadapter", "referencenet"]),
+              ("Parallel denoising (LCM)", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
+
+
+if "lcm_lora" in TABLE.BY_KEY:
+    WORKFLOWS["musev_lcm_fast"] = lcm_fast()
+
+
 # ------------------------------------------------------------------------------------------------
 # in the frontend
 
-COLUMN_GAP = 70          # between groups
-NODE_GAP = 40            # between nodes of a column (the title bar sits above node.pos)
-GROUP_PAD = 16
-GROUP_TITLE = 46         # room for the group's title above its first node's title bar
+GAP = 20                 # between groups (both ways)
+NODE_GAP = 18            # between nodes of a column (the title bar sits above node.pos)
+COLUMN_GAP = 18          # between the two sub-columns of a split group
+GROUP_PAD = 8
+GROUP_TITLE = 36         # room for the group's title above its first node's title bar
+GROUP_COLORS = {"Read me": "#3f789e", "MuseV model": "#8A8", "Parallel denoising": "#a1309b",
+                "Parallel denoising (LCM)": "#a1309b", "Pose condition": "#b58b2a", "Context windows": "#a1309b",
+                "Shot 1": "#a1309b", "Shot 2": "#a1309b"}
 
 BUILD_JS = """async (spec) => {
     const app = window.app, LG = window.LiteGraph;
@@ -370,16 +570,22 @@ BUILD_JS = """async (spec) => {
         }
         for (const [name, value] of Object.entries(s.widgets || {})) {
             const w = (node.widgets || []).find(w => w.name === name);
+            if (!w && name === 'control_after_generate') continue;   // (a node without seed control)
             if (!w) throw new Error(s.type + ' has no widget ' + name);
+            if (w.options && Array.isArray(w.options.values) && !w.options.values.includes(value)
+                    && name !== 'control_after_generate')
+                w.options.values = [...w.options.values, value];   // a model this server lacks: keep the name
             w.value = value;
             w.callback?.(value, app.canvas, node);
         }
+        if (s.models && s.models.length) { node.properties = node.properties || {}; node.properties.models = s.models; }
         ids[key] = node.id;
     }
     for (const [a, out, b, inp] of spec.links) {
         const A = app.graph.getNodeById(ids[a]), B = app.graph.getNodeById(ids[b]);
-        const oi = A.outputs.findIndex(o => o.name === out);
-        const ii = B.inputs.findIndex(i => i.name === inp);
+        let oi = A.outputs.findIndex(o => o.name === out);
+        if (oi < 0 && A.outputs.filter(o => o.type === out).length === 1) oi = A.outputs.findIndex(o => o.type === out);
+        const ii = B.inputs.findIndex(i => i.name === inp || (i.widget && i.widget.name === inp));
         if (oi < 0) throw new Error(A.type + ' has no output ' + out);
         if (ii < 0) throw new Error(B.type + ' has no input ' + inp);
         if (!A.connect(oi, B, ii)) throw new Error('cannot connect ' + a + '.' + out + ' -> ' + b + '.' + inp);
@@ -387,57 +593,60 @@ BUILD_JS = """async (spec) => {
     return {ids, titleHeight: LG.NODE_TITLE_HEIGHT};
 }"""
 
-# Place the nodes, show them all (nodes off screen are not drawn, and drawing is what grows nodes
-# with previews), wait for the previews, return every node's size.
-MEASURE_JS = """async ([ids, pos, wanted, fixWidths]) => {
+# Size every node as the frontend draws it at zoom 1, one node in view at a time (nodes off screen
+# are not drawn, and drawing is what grows nodes with previews): wait for image/video previews and
+# the window chart, grow notes until their text needs no scrolling.
+MEASURE_JS = """async ([ids, wanted, fixWidths, spread, types]) => {
     const app = window.app, c = app.canvas;
-    for (const [key, p] of Object.entries(pos || {})) app.graph.getNodeById(ids[key]).pos = p;
     const frames = async (k) => { for (let i = 0; i < k; i++) await new Promise(r => requestAnimationFrame(r)); };
-    const fit = () => {
-        const b = [Infinity, Infinity, -Infinity, -Infinity];
-        for (const n of app.graph.nodes) {
-            const r = n.boundingRect;
-            b[0] = Math.min(b[0], r[0]); b[1] = Math.min(b[1], r[1]);
-            b[2] = Math.max(b[2], r[0] + r[2]); b[3] = Math.max(b[3], r[1] + r[3]);
-        }
-        c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]], {zoom: 0.95});
-        c.setDirty(true, true);
-    };
-    fit();
-    // image/video previews load asynchronously and grow their node; so does our sampler's window
-    // preview once the server's plan is drawn
     const videoReady = (n) => {
         const w = (n.widgets || []).find(w => w.name === 'video-preview');
         const v = w && w.element && w.element.querySelector('video');
         return !!(v && v.readyState >= 2);
     };
     const layoutReady = (L) => !!(L && L.status !== 'loading' && L.drawn && L.drawn.key === L.key);
-    const pending = () => app.graph.nodes.some(n =>
-        (n.type === 'LoadImage' && !(n.imgs && n.imgs.length && n.imgs.every(i => i.complete)))
+    const pending = (n) => (n.type === 'LoadImage' && !(n.imgs && n.imgs.length && n.imgs.every(i => i.complete)))
         || (n.type === 'LoadVideo' && !videoReady(n))
-        || (n.type === 'ParallelDenoiseSampler' && !layoutReady(n.musevLayout)));
-    const deadline = Date.now() + 15000;
-    while (pending() && Date.now() < deadline) { c.setDirty(true, true); await frames(1); }
-    if (pending()) throw new Error('image/video previews or window previews did not load');
-    await frames(3);
-    await new Promise(r => setTimeout(r, 200));
-    await frames(3);
+        || (n.musevLayout !== undefined && !layoutReady(n.musevLayout));
     const sizes = {};
+    if (spread) {   // freshly created nodes all sit at one spot: give each its own place first
+        let i = 0;
+        for (const id of Object.values(ids)) app.graph.getNodeById(id).pos = [(i++) * 1200, 0];
+    }
     for (const [key, id] of Object.entries(ids)) {
         const node = app.graph.getNodeById(id);
-        const min = node.computeSize();
+        if (!node || (types && node.type !== types[key]))
+            throw new Error('node ' + key + ' (id ' + id + ') is ' + (node && node.type) + ', not ' + (types && types[key]));
+        c.ds.scale = 1;
+        c.ds.offset = [200 - node.pos[0], 200 - node.pos[1]];
+        c.setDirty(true, true);
+        const deadline = Date.now() + 15000;
+        await frames(2);
+        while (pending(node) && Date.now() < deadline) { c.setDirty(true, true); await frames(1); }
+        if (pending(node)) throw new Error('preview of ' + node.type + ' did not load');
+        await frames(2);
         const want = wanted[key] || [0, 0];
-        // widths are settled in the first pass (a video preview's minimum width follows the node's)
-        const w = fixWidths ? want[0] : Math.ceil(Math.max(min[0], want[0], node.size[0]));
-        const h = Math.ceil(Math.max(min[1], want[1], node.size[1]));
+        const min = node.computeSize();
+        let w = fixWidths ? want[0] : Math.ceil(Math.max(min[0], want[0], node.size[0]));
+        let h = Math.ceil(Math.max(min[1], want[1], node.size[1]));
         if (w !== node.size[0] || h !== node.size[1]) node.setSize([w, h]);
-        sizes[key] = [w, h];
+        if (node.type === 'MarkdownNote' || node.type === 'Note') {
+            const el = node.widgets && node.widgets[0] && node.widgets[0].element;
+            for (let i = 0; el && i < 8; i++) {
+                c.setDirty(true, true); await frames(3);
+                const inner = el.querySelector('.tiptap, .ProseMirror, .comfy-markdown') || el;
+                const over = Math.max(inner.scrollHeight - inner.clientHeight, el.scrollHeight - el.clientHeight);
+                if (over <= 1) break;
+                h = Math.ceil(node.size[1] + over + 6);
+                node.setSize([w, h]);
+            }
+        }
+        sizes[key] = [Math.ceil(node.size[0]), Math.ceil(node.size[1])];
     }
-    await frames(2);
     return sizes;
 }"""
 
-PLACE_JS = """async ([ids, pos, groups]) => {
+PLACE_JS = """async ([ids, pos, groups, view]) => {
     const app = window.app, LG = window.LiteGraph;
     for (const [key, p] of Object.entries(pos)) app.graph.getNodeById(ids[key]).pos = p;
     for (const g of [...app.graph.groups]) app.graph.remove(g);
@@ -449,17 +658,14 @@ PLACE_JS = """async ([ids, pos, groups]) => {
         app.graph.add(group);
     }
     const c = app.canvas;
-    c.ds.scale = 1; c.ds.offset = [0, 0];
-    const b = [Infinity, Infinity, -Infinity, -Infinity];
-    for (const item of [...app.graph.nodes, ...app.graph.groups]) {
-        const r = item.boundingRect;
-        b[0] = Math.min(b[0], r[0]); b[1] = Math.min(b[1], r[1]);
-        b[2] = Math.max(b[2], r[0] + r[2]); b[3] = Math.max(b[3], r[1] + r[3]);
-    }
-    c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]], {zoom: 0.95});
+    c.ds.scale = view.scale; c.ds.offset = view.offset;
     c.setDirty(true, true);
     await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-    return JSON.stringify(app.graph.serialize());   // (undefined fields stay out, as when saved)
+    // what "Export" writes: the prompt's workflow with the view
+    const wf = (await app.graphToPrompt()).workflow;
+    wf.extra = wf.extra || {};
+    wf.extra.ds = {scale: view.scale, offset: view.offset};
+    return JSON.stringify(wf);
 }"""
 
 RELOAD_JS = """async (text) => {
@@ -467,64 +673,302 @@ RELOAD_JS = """async (text) => {
         {showMissingNodesDialog: false, showMissingModelsDialog: false});
 }"""
 
-GROUP_COLORS = {"Read me": "#3f789e", "MuseV model": "#8A8", "Parallel denoising": "#a1309b",
-                "Pose condition": "#b58b2a"}
+
+def group_box(sizes, keys, title_h, split):
+    """Width/height of a group holding ``keys`` stacked (in two sub-columns when ``split``)."""
+    cols = [keys] if not split else _split(sizes, keys, title_h)
+    widths = [max(sizes[k][0] for k in col) for col in cols]
+    heights = [sum(sizes[k][1] + title_h for k in col) + NODE_GAP * (len(col) - 1) for col in cols]
+    return cols, sum(widths) + COLUMN_GAP * (len(cols) - 1) + 2 * GROUP_PAD, max(heights) + GROUP_TITLE + GROUP_PAD, widths
+
+
+def _split(sizes, keys, title_h):
+    """Two sub-columns of a group, split where their heights are the closest."""
+    total = [sizes[k][1] + title_h + NODE_GAP for k in keys]
+    best, cut = None, 1
+    for i in range(1, len(keys)):
+        d = abs(sum(total[:i]) - sum(total[i:]))
+        if best is None or d < best:
+            best, cut = d, i
+    return [keys[:cut], keys[cut:]]
 
 
 def layout(spec, sizes, title_h):
-    """Columns left to right (one group each), nodes stacked top-down inside a column."""
-    pos, groups = {}, []
-    x = 0
-    for title, keys in spec["columns"]:
-        width = max(sizes[k][0] for k in keys)
-        y = GROUP_TITLE + title_h
-        for k in keys:
-            pos[k] = [x + GROUP_PAD, y]
-            y += sizes[k][1] + title_h + NODE_GAP
-        height = y - NODE_GAP + GROUP_PAD
-        groups.append({"title": title, "x": x, "y": 0, "w": width + 2 * GROUP_PAD, "h": height,
-                       "color": GROUP_COLORS.get(title)})
-        x += width + 2 * GROUP_PAD + COLUMN_GAP
-    return pos, groups
+    """Place the groups (each a column of nodes, or two sub-columns) in reading order, either in rows
+    (left to right, then the next row) or in columns of groups (top to bottom, then the next
+    column); try every row break / column height and split, keep the arrangement that fits the
+    reference view at the largest zoom.  Returns (positions, groups, view)."""
+    ul, ut, ur, ub = usable_canvas()
+    uw, uh = ur - ul, ub - ut
+    groups = spec["groups"]
+    splittable = [i for i, (_, keys) in enumerate(groups) if len(keys) > 1]
+    best = None
+    for splits in itertools.product((False, True), repeat=len(splittable)):
+        split = {i: s for i, s in zip(splittable, splits)}
+        boxes = [group_box(sizes, keys, title_h, split.get(i, False)) for i, (_, keys) in enumerate(groups)]
+        for arrangement in _row_arrangements(boxes) + _column_arrangements(boxes):
+            placed, width, height = arrangement
+            zoom = min(MAX_ZOOM, uw / width, uh / height)
+            if best is None or zoom > best[0] + 1e-9:
+                best = (zoom, placed, boxes, width, height)
+    zoom, placed, boxes, width, height = best
+    if zoom < MIN_ZOOM:
+        raise RuntimeError(f"the graph needs zoom {zoom:.3f} < {MIN_ZOOM} to fit the reference view "
+                           f"({width}x{height} graph units for {uw}x{uh} px): make it smaller")
+    pos, out_groups = {}, []
+    for i, (x, y, gw, gh) in placed.items():
+        cols, _, _, widths = boxes[i]
+        title = groups[i][0]
+        cx = x + GROUP_PAD
+        for col, cw in zip(cols, widths):
+            ny = y + GROUP_TITLE + title_h
+            for k in col:
+                pos[k] = [cx, ny]
+                ny += sizes[k][1] + title_h + NODE_GAP
+            cx += cw + COLUMN_GAP
+        out_groups.append({"title": title, "x": x, "y": y, "w": gw, "h": gh, "color": GROUP_COLORS.get(title)})
+    # the view: the graph centred in the usable rectangle (canvas px = (graph + offset) * scale)
+    ox = (ul + (uw - width * zoom) / 2) / zoom
+    oy = (ut + (uh - height * zoom) / 2) / zoom
+    view = {"scale": round(zoom, 4), "offset": [round(ox, 2), round(oy, 2)]}
+    return pos, out_groups, view
+
+
+def _row_arrangements(boxes, max_rows=3):
+    """Groups in rows: every way to cut them (in order) into 1..max_rows rows.  A group is as tall
+    as the tallest of its row (one baseline per row)."""
+    n = len(boxes)
+    out = []
+    for k in range(0, max_rows):
+        for cuts in itertools.combinations(range(1, n), k):
+            bounds = (0,) + cuts + (n,)
+            placed, y, width = {}, 0, 0
+            for r in range(len(bounds) - 1):
+                row = range(bounds[r], bounds[r + 1])
+                row_h = max(boxes[i][2] for i in row)
+                x = 0
+                for i in row:
+                    placed[i] = (x, y, boxes[i][1], row_h)
+                    x += boxes[i][1] + GAP
+                width = max(width, x - GAP)
+                y += row_h + GAP
+            out.append((placed, width, y - GAP))
+    return out
+
+
+def _column_arrangements(boxes):
+    """Groups stacked in columns (reading order: down, then right): for every column-height budget,
+    the cut of the group sequence into columns that is narrowest (dynamic programming); every group
+    of a column as wide as the column's widest."""
+    n = len(boxes)
+
+    def col_height(i, j):
+        return sum(boxes[k][2] for k in range(i, j)) + GAP * (j - i - 1)
+
+    budgets = sorted({col_height(i, j) for i in range(n) for j in range(i + 1, n + 1)})
+    tallest = max(b[2] for b in boxes)
+    out = []
+    for budget in budgets:
+        if budget < tallest:
+            continue
+        best = [(0, [])] + [None] * n      # best[j]: (width, columns) for the first j groups
+        for j in range(1, n + 1):
+            for i in range(j):
+                if best[i] is None or col_height(i, j) > budget:
+                    continue
+                w = best[i][0] + max(boxes[k][1] for k in range(i, j)) + GAP
+                if best[j] is None or w < best[j][0]:
+                    best[j] = (w, best[i][1] + [list(range(i, j))])
+        placed, x, height = {}, 0, 0
+        for col in best[n][1]:
+            cw = max(boxes[i][1] for i in col)
+            y = 0
+            for i in col:
+                placed[i] = (x, y, cw, boxes[i][2])
+                y += boxes[i][2] + GAP
+            height = max(height, y - GAP)
+            x += cw + GAP
+        out.append((placed, x - GAP, height))
+    return out
 
 
 def check_spec(name, spec):
-    placed = [k for _, keys in spec["columns"] for k in keys]
+    placed = [k for _, keys in spec["groups"] for k in keys]
     assert sorted(placed) == sorted(spec["nodes"]), (name, set(placed) ^ set(spec["nodes"]))
     assert len(placed) == len(set(placed)), name
 
 
-def build(frontend, name, spec):
-    check_spec(name, spec)
-    js_nodes = {}
+def js_nodes_of(spec):
+    out = {}
     for key, s in spec["nodes"].items():
         d = {"type": s["type"], "title": s.get("title"), "width": s.get("width")}
         if "text" in s:
             d["text"] = s["text"]
-            d["height"] = 330 if key == "note" else 250
+            d["height"] = 120
         else:
             d["widgets"] = s["widgets"]
-        js_nodes[key] = d
+            models = []
+            for wname, value in s["widgets"].items():
+                if (s["type"], wname) in MODEL_WIDGETS:
+                    models += frontend_model_metadata(value)
+            d["models"] = models
+        out[key] = d
+    return out
+
+
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+
+# In the Vue-nodes renderer ("Nodes 2.0") a node's DOM grows to its content and node.size follows it:
+# read every node's size once the previews have loaded and the sizes stopped changing.
+VUE_SIZES_JS = """async ([ids, types]) => {
+    const app = window.app;
+    const missing = Object.entries(ids).filter(([k, id]) => !app.graph.getNodeById(id)
+                                                        || app.graph.getNodeById(id).type !== types[k]);
+    if (missing.length) throw new Error('not in the graph loaded in the Vue-nodes renderer: ' + JSON.stringify(missing)
+        + ' (graph has ' + JSON.stringify(app.graph.nodes.map(n => [n.id, n.type])) + ')');
+    const read = () => Object.fromEntries(Object.entries(ids).map(([k, id]) => {
+        const n = app.graph.getNodeById(id);
+        return [k, [Math.ceil(n.size[0]), Math.ceil(n.size[1])]];
+    }));
+    let last = null;
+    for (let i = 0; i < 40; i++) {
+        await new Promise(r => setTimeout(r, 250));
+        const now = read();
+        if (last && JSON.stringify(now) === JSON.stringify(last)) return now;
+        last = now;
+    }
+    return last;
+}"""
+
+
+def renderer_supports_vue(frontend):
+    """Whether this frontend offers the Vue-nodes renderer to users (1.45: a visible setting; 1.27: a
+    hidden experiment)."""
+    return frontend.page.evaluate("""(k) => { const s = window.app.extensionManager.setting.settings;
+        const d = s && s[k]; return !!(d && d.type !== 'hidden'); }""", VUE_SETTING)
+
+
+def set_renderer(frontend, vue):
+    frontend.page.evaluate("async ([k, v]) => { await window.app.extensionManager.setting.set(k, v); }", [VUE_SETTING, vue])
+    frontend.page.wait_for_timeout(300)
+    frontend.open()     # the renderer is chosen at start-up
+
+
+def vue_sizes(frontend, text, ids, types):
+    set_renderer(frontend, True)
+    try:
+        for attempt in range(4):
+            # (right after start-up the frontend may still restore its last workflow over ours)
+            frontend.page.wait_for_timeout(500 * attempt)
+            frontend.page.evaluate(RELOAD_JS, text)
+            try:
+                return frontend.page.evaluate(VUE_SIZES_JS, [ids, types])
+            except Exception as e:  # noqa: BLE001
+                if "not in the graph" not in str(e) or attempt == 3:
+                    raise
+    finally:
+        set_renderer(frontend, False)
+
+
+def build(frontend, name, spec, vue=True):
+    """Build ``spec`` in the classic renderer; with ``vue``, also measure every node in the Vue-nodes
+    renderer and lay out for the larger of the two sizes, so that the graph fits and nothing
+    overlaps in either."""
+    check_spec(name, spec)
+    js_nodes = js_nodes_of(spec)
     built = frontend.page.evaluate(BUILD_JS, {"nodes": js_nodes, "links": spec["links"]})
+    ids = built["ids"]
     wanted = {k: [d.get("width") or 0, d.get("height") or 0] for k, d in js_nodes.items()}
-    sizes = frontend.page.evaluate(MEASURE_JS, [built["ids"], None, wanted, False])
-    for _ in range(5):
-        # lay out, save, and load the saved workflow as a user would: nodes with previews may come
-        # back larger; repeat until what loads is what was laid out
-        pos, groups = layout(spec, sizes, built["titleHeight"])
-        text = frontend.page.evaluate(PLACE_JS, [built["ids"], pos, groups])
+    types = {k: d["type"] for k, d in js_nodes.items()}
+    sizes = frontend.page.evaluate(MEASURE_JS, [ids, wanted, False, True, types])
+    if os.environ.get("MUSEV_BUILD_DEBUG"):
+        print(name, "classic", json.dumps(sizes))
+    for _ in range(6):
+        # lay out, save, and load the saved workflow as a user would (in both renderers): nodes with
+        # previews may come back larger; repeat until what loads is what was laid out
+        try:
+            pos, groups, view = layout(spec, sizes, built["titleHeight"])
+        except RuntimeError:
+            if os.environ.get("MUSEV_BUILD_DEBUG"):
+                with open(f"/tmp/musev_sizes_{name}.json", "w") as f:
+                    json.dump({"target": sizes, "title_h": built["titleHeight"]}, f)
+            raise
+        text = frontend.page.evaluate(PLACE_JS, [ids, pos, groups, view])
+        target = sizes
+        if vue:
+            vs = vue_sizes(frontend, text, ids, types)
+            if os.environ.get("MUSEV_BUILD_DEBUG"):
+                print(name, "vue", json.dumps(vs))
+            target = {k: [max(sizes[k][0], vs[k][0]), max(sizes[k][1], vs[k][1])] for k in sizes}
+        if os.environ.get("MUSEV_BUILD_DEBUG"):
+            with open(f"/tmp/musev_sizes_{name}.json", "w") as f:
+                json.dump({"target": target, "title_h": built["titleHeight"]}, f)
         frontend.page.evaluate(RELOAD_JS, text)
-        again = frontend.page.evaluate(MEASURE_JS, [built["ids"], None, sizes, True])
+        again = frontend.page.evaluate(MEASURE_JS, [ids, target, True, False, types])
         if again == sizes:
             break
         sizes = again
     else:
         raise RuntimeError(f"{name}: node sizes do not settle: {sizes}")
     workflow = json.loads(text)
-    errors = frontend.errors()
+    errors = frontend.pack_errors()
     if errors:
-        raise RuntimeError(f"{name}: the frontend logged errors while building:\n" + "\n".join(errors))
+        raise RuntimeError(f"{name}: the frontend logged errors of this pack while building:\n" + "\n".join(errors))
+    print(f"{name}: {len(workflow['nodes'])} nodes, zoom {view['scale']}")
     return workflow
+
+
+READY_JS = """async () => {
+    const app = window.app;
+    const frames = async (k) => { for (let i = 0; i < k; i++) await new Promise(r => requestAnimationFrame(r)); };
+    const videoReady = (n) => { const w = (n.widgets || []).find(w => w.name === 'video-preview');
+        const v = w && w.element && w.element.querySelector('video'); return !!(v && v.readyState >= 2); };
+    const pending = () => app.graph.nodes.some(n =>
+        (n.type === 'LoadImage' && !(n.imgs && n.imgs.length && n.imgs.every(i => i.complete)))
+        || (n.type === 'LoadVideo' && !videoReady(n))
+        || (n.musevLayout !== undefined && !(n.musevLayout.drawn && n.musevLayout.drawn.key === n.musevLayout.key)));
+    const deadline = Date.now() + 15000;
+    while (pending() && Date.now() < deadline) { app.canvas.setDirty(true, true); await frames(1); }
+    await frames(4);
+    return !pending();
+}"""
+
+
+def model_placeholders(server):
+    """Empty files under the table's file names in the build's own server: the frontend then finds
+    every model file, so screenshots show no missing-model marks.  Added only after the layout is
+    built: nodes are measured as a user without the files sees them (the Vue renderer adds an
+    error line under a loader whose file is missing)."""
+    for m in TABLE.MODELS:
+        if not m.is_folder:
+            dest = os.path.join(server.base_dir, "models", m.folder, m.name)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            open(dest, "ab").close()
+
+
+def screenshot_as_opened(browser, server, name, text, path):
+    """The workflow as a user opens it (a fresh page in the reference window, saved view), for the
+    README."""
+    from browser import FrontendPage
+    model_placeholders(server)
+    page = FrontendPage(browser, server, viewport=REFERENCE_VIEWPORT)
+    try:
+        page.open()
+        page.page.evaluate("""async ([text, name]) => {
+            await window.app.loadGraphData(JSON.parse(text), true, true, name,
+                {showMissingNodesDialog: false, showMissingModelsDialog: false}); }""", [text, name])
+        if not page.page.evaluate(READY_JS):
+            raise RuntimeError("previews did not load for the screenshot")
+        page.close_dialogs()
+        page.page.wait_for_timeout(300)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        page.page.screenshot(path=path)
+        errors = page.pack_errors()
+        if errors:
+            raise RuntimeError(f"{name}: errors of this pack when opened:\n" + "\n".join(errors))
+    finally:
+        page.close()
+    return path
 
 
 def dump(workflow):
@@ -536,6 +980,9 @@ def main(argv=None):
     ap.add_argument("names", nargs="*", help="workflows to build (default: all)")
     ap.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
     ap.add_argument("--out", default=OUT_DIR)
+    ap.add_argument("--docs", action="store_true",
+                    help="also write docs/<name>.png: the workflow as it opens in the reference window (saved view)")
+    ap.add_argument("--docs-only", action="store_true", help="only write docs/<name>.png, from the committed files")
     args = ap.parse_args(argv)
     sys.path.insert(0, TESTS_DIR)
     from browser import BrowserSession, FrontendPage
@@ -554,15 +1001,24 @@ def main(argv=None):
     with ComfyServer(comfy) as server:
         # the input files the workflows name (else the frontend's image preview answers 404)
         write_workflow_inputs(server.input_dir, IMAGE, SOURCE_VIDEO, POSE_VIDEO, size=256, frames=12)
+
         browser = BrowserSession()
         try:
-            page = FrontendPage(browser, server)
+            page = FrontendPage(browser, server, viewport=REFERENCE_VIEWPORT)
             page.open()
+            vue = renderer_supports_vue(page)
+            if not vue:
+                print("this frontend has no user-facing Vue-nodes renderer: laying out for the classic one only")
+            written = {}
             for name in names:
+                if args.docs_only:
+                    with open(os.path.join(args.out, name + ".json"), encoding="utf-8") as f:
+                        written[name] = f.read()
+                    continue
                 page.console.clear()
                 page.page_errors.clear()
                 page.failed.clear()
-                text = dump(build(page, name, WORKFLOWS[name]))
+                text = dump(build(page, name, WORKFLOWS[name], vue=vue))
                 path = os.path.join(args.out, name + ".json")
                 if args.check:
                     old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
@@ -573,6 +1029,12 @@ def main(argv=None):
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(text)
                 print("wrote", os.path.relpath(path, PACK_DIR))
+                written[name] = text
+            if args.docs or args.docs_only:     # after every build (they add model placeholders)
+                for name, text in written.items():
+                    shot = screenshot_as_opened(browser, server, name, text,
+                                                os.path.join(PACK_DIR, "docs", name + ".png"))
+                    print("wrote", os.path.relpath(shot, PACK_DIR))
             page.close()
         finally:
             browser.close()
@@ -583,14 +1045,14 @@ def main(argv=None):
 
 
 def _shape(wf):
-    """What --check compares: node types, titles, widgets, positions, sizes, links, groups (not ids
-    the frontend may number differently, nor its view state)."""
+    """What --check compares: node types, titles, widgets, positions, sizes, links, groups and the
+    view (not ids the frontend may number differently)."""
     nodes = sorted((x["type"], x.get("title") or "", json.dumps(x.get("widgets_values")), tuple(x["pos"]),
-                    tuple(x["size"])) for x in wf["nodes"])
+                    tuple(x["size"]), json.dumps((x.get("properties") or {}).get("models"))) for x in wf["nodes"])
     types = {x["id"]: (x["type"], x.get("title") or "") for x in wf["nodes"]}
     links = sorted((types[l[1]], l[2], types[l[3]], l[4], l[5]) for l in wf["links"])
     groups = sorted((g["title"], tuple(g["bounding"])) for g in wf.get("groups", []))
-    return nodes, links, groups
+    return nodes, links, groups, json.dumps(wf.get("extra", {}).get("ds"))
 
 
 if __name__ == "__main__":

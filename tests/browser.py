@@ -227,18 +227,63 @@ class FrontendPage:
         return (len(self.console), len(self.page_errors), len(self.failed))
 
     def errors(self, since=(0, 0, 0), pack_only=False):
-        """Console errors, page errors and failed requests (HTTP >= 400) after ``since`` as strings."""
+        """Console errors, page errors and failed requests (HTTP >= 400) after ``since`` as strings.
+
+        Requests to other hosts that fail because the machine is offline (the 1.4x frontend asks
+        model and node-registry hosts, e.g. huggingface.co or api.comfy.org, for file sizes and pack
+        metadata, also for node types it does not know) are not errors of ours: our extension only
+        talks to the local server.  They are kept in :meth:`offline_requests` and left out here.
+        Anything from the local server or from our extension still counts."""
         out = []
+        offline = bool(self.offline_requests(since))
         for m in self.console[since[0]:]:
-            if m["type"] == "error" and (not pack_only or self._is_pack(m["text"] + " " + m["url"])):
+            if m["type"] != "error" or self._is_offline_noise(m["text"], m["url"]):
+                continue
+            if offline and self._is_frontend_fetch_failure(m["text"], m["url"]):
+                continue
+            if not pack_only or self._is_pack(m["text"] + " " + m["url"]):
                 out.append(f"console.error: {m['text']} ({m['url']}:{m['line']})")
         for e in self.page_errors[since[1]:]:
             if not pack_only or self._is_pack(e["message"] + " " + e["stack"]):
                 out.append(f"page error: {e['message']}\n{e['stack']}")
         for f in self.failed[since[2]:]:
+            if self._is_offline_noise("", f["url"]):
+                continue
             if not pack_only or self._is_pack(f["url"]):
                 out.append(f"request failed: {f['url']} ({f.get('status') or f.get('failure')})")
         return out
+
+    def offline_requests(self, since=(0, 0, 0)):
+        """Failed requests to hosts other than the local server (left out of :meth:`errors`)."""
+        return [f["url"] for f in self.failed[since[2]:] if self._is_external(f["url"])]
+
+    LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+    def _is_external(self, url):
+        import urllib.parse
+        try:
+            parts = urllib.parse.urlsplit(url or "")
+        except ValueError:
+            return False
+        host = (parts.hostname or "").lower()
+        return parts.scheme in ("http", "https", "ws", "wss") and host not in self.LOCAL_HOSTS + (self.server.host,)
+
+    # what the frontend's own code logs when such a request fails (1.27: "Error fetching file size:
+    # TypeError: Failed to fetch" for a workflow's model URLs)
+    FETCH_FAILURES = ("failed to fetch", "networkerror", "err_name_not_resolved", "err_internet_disconnected",
+                      "err_connection_refused")
+
+    def _is_frontend_fetch_failure(self, text, url):
+        """A console error of the frontend's bundle (not our extension) about a failed fetch, logged
+        while requests to other hosts failed."""
+        low, where = text.lower(), (url or "").lower()
+        return (any(f in low for f in self.FETCH_FAILURES) and "/assets/" in where and not self._is_pack(text + " " + url))
+
+    def _is_offline_noise(self, text, url):
+        """A request to another host that failed (offline): the frontend's, never this pack's."""
+        if not self._is_external(url):
+            return False
+        return text == "" or text.startswith("Failed to load resource")
 
     def pack_errors(self, since=(0, 0, 0)):
         """Errors that come from this pack: its extension files, its routes or its messages."""
@@ -349,9 +394,10 @@ class FrontendPage:
         return {"x": x, "y": y, "width": max(1.0, min(vw - x, r["width"] - (x - r["x"]))),
                 "height": max(1.0, min(vh - y, r["height"] - (y - r["y"])))}
 
-    def show_node(self, node_id, scale=None, widget=None, margin=40):
+    def show_node(self, node_id, scale=None, widget=None, margin=120):
         """Pan/zoom so that the node (or its widget ``widget``) sits at the top left of the canvas,
-        fully visible (``scale`` None: as large as fits, at most 2)."""
+        fully visible (``scale`` None: as large as fits, at most 2), ``margin`` px clear of the
+        frontend's bars (1.45 draws its sidebar and breadcrumb over the canvas)."""
         self.page.evaluate("""([id, s, wname, m]) => {
             const rectOf = %s;
             const c = window.app.canvas, node = window.app.graph.getNodeById(id);
@@ -374,7 +420,7 @@ class FrontendPage:
         self.context.close()
 
 
-def load_workflow_in_frontend(page, path, screenshot_name=None, settle_ms=500):
+def load_workflow_in_frontend(page, path, screenshot_name=None, settle_ms=500, fit=True):
     """Load a UI-format workflow file into the frontend as a user would (``app.loadGraphData``).
 
     ``page`` is a :class:`FrontendPage` (open).  Returns a dict:
@@ -386,6 +432,9 @@ def load_workflow_in_frontend(page, path, screenshot_name=None, settle_ms=500):
     * ``pack_errors``: the subset of ``errors`` coming from this pack;
     * ``screenshot``: PNG path under test-artifacts/;
     * ``node_count``: nodes in the loaded graph.
+
+    ``fit``: fit the view to the graph before the screenshot (False: keep the view the workflow
+    was saved with, as the frontend restores it).
     """
     with open(path, "r", encoding="utf-8") as f:
         workflow = json.load(f)
@@ -414,7 +463,8 @@ def load_workflow_in_frontend(page, path, screenshot_name=None, settle_ms=500):
     }""", [workflow, os.path.basename(path)])
     page.page.wait_for_timeout(settle_ms)   # let async draws/fetches of extensions run and log
     page.close_dialogs()
-    page.fit_view()
+    if fit:
+        page.fit_view()
     shot = page.screenshot(screenshot_name or ("workflow_" + os.path.splitext(os.path.basename(path))[0]))
     errors = page.errors(since)
     if result["loadError"]:

@@ -3,18 +3,29 @@
 // Draws, inside the node, which latent frames every window covers (one row per window), the clean
 // vision-condition frame(s) every window sees (a leading amber block when a vision input is
 // connected), how many windows cover each frame (the divisor of MuseV's average) and how windows
-// are grouped into UNet calls (context_batch_size).  The numbers come from the server
-// (GET /musev/windows = musev_core.windows.describe), so Python stays the single source of truth.
+// are grouped into UNet calls (context_batch_size; 0 = "auto", chosen from free memory at run time).
+// The numbers come from the server (GET /musev/windows = musev_core.windows.describe), so Python
+// stays the single source of truth.
 //
-// Frontend APIs used (ComfyUI frontend 1.2x): app.registerExtension / beforeRegisterNodeDef,
-// api.fetchApi, LGraphNode.addCustomWidget / addWidget, widget.draw + computeLayoutSize (the
-// LiteGraph canvas-widget protocol), node.badges + window.LGraphBadge (optional).
-// The last drawn layout is exposed as node.musevLayout (used by the tests).
+// The chart is a DOM widget (a <canvas> of our own inside a <div>), so it draws in both of the
+// frontend's renderers: the classic LiteGraph canvas (positions the element over the node) and the
+// Vue-nodes renderer ("Nodes 2.0", mounts the element inside the node's DOM).  A canvas-drawn
+// LiteGraph widget would be redrawn only on the classic canvas.
+//
+// Settings that come through links are followed to their source: a primitive's value, a reroute,
+// PoseVideoCondition's `frames` output (= its frame_count widget when > 0), an Empty Latent Image's
+// batch_size behind the KSampler that MuseVContextWindows feeds.  When the value is only known at
+// run time, the widget says "frames from <node>" instead of drawing a wrong chart.
+//
+// Frontend APIs used (ComfyUI frontend 1.27 ... 1.45): app.registerExtension / beforeRegisterNodeDef,
+// api.fetchApi, LGraphNode.addDOMWidget (options getMinHeight / getMaxHeight / hideOnZoom /
+// serialize), LGraphNode.addWidget, node.badges + window.LGraphBadge (optional).
+// The last drawn layout is exposed as node.musevLayout (used by the tests); node.musevPreview is the
+// chart's DOM element.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EXTENSION = "MuseV.ContextWindows";
-const CATEGORY = "MuseV";
 const WINDOW_NODES = new Set(["ParallelDenoiseSampler", "MuseVContextWindows"]);
 const ROUTE = "/musev/windows";
 const VISION_INPUTS = ["vision_image", "vision_latent"];
@@ -24,25 +35,36 @@ const PREVIEW_PROPERTY = "MuseV preview frames";
 const DEFAULT_PREVIEW_FRAMES = 24;
 const MAX_ROWS = 16;
 const RETRY_MS = 3000;
+const POLL_MS = 250;
+const MIN_HEIGHT = 96;
 
-// Look: MuseV nodes get a deep violet; windows cycle through a palette by batch (UNet call).
-const NODE_COLOR = "#4b3a6b";
-const NODE_BGCOLOR = "#2a2436";
+// Where a linked setting's value can be read before the run: the output of a node type -> the widget
+// that decides it ("zeroUnknown": 0 means "decided at run time", e.g. the whole pose clip).
+const SOURCE_WIDGETS = {
+  PoseVideoCondition: { frames: { widget: "frame_count", zeroUnknown: true } },
+  EmptyLatentImage: { LATENT: { widget: "batch_size" } },
+};
+// Samplers whose latent input gives MuseVContextWindows its video length (frames = batch).
+const LATENT_INPUTS = ["latent_image", "latent", "samples"];
+
 const C = {
   panel: "rgba(10, 10, 16, 0.55)",
-  panelEdge: "rgba(255, 255, 255, 0.08)",
-  title: "#cdb8ff",
+  panelEdge: "rgba(255, 255, 255, 0.10)",
+  title: "#dcdcec",
   text: "#d8d8e0",
-  dim: "#8d8a9e",
+  dim: "#9a98aa",
   grid: "rgba(255, 255, 255, 0.06)",
   vision: "#e8b64c",
   visionText: "#2a2000",
   error: "#ff7b7b",
   errorBg: "rgba(120, 25, 35, 0.55)",
   errorEdge: "rgba(255, 110, 110, 0.7)",
+  linkedBg: "rgba(60, 80, 110, 0.45)",
+  linkedEdge: "rgba(140, 180, 230, 0.6)",
 };
 const BATCH_COLORS = ["#5aa9e6", "#a37cf0", "#45c4a0", "#f27fa5", "#f2a65a", "#9ccc4f", "#6fd3e0", "#e6d25a"];
 const FONT = "Inter, Arial, sans-serif";
+const FS = { title: 12, text: 11, small: 10 };
 
 // ------------------------------------------------------------------------------------------
 // server plans (cached per query; failed fetches are not cached)
@@ -78,7 +100,7 @@ function fetchPlan(query) {
 }
 
 // ------------------------------------------------------------------------------------------
-// settings from the node
+// settings from the node, linked inputs followed to their source
 // ------------------------------------------------------------------------------------------
 function getLink(graph, id) {
   if (!graph || id == null) return null;
@@ -92,23 +114,70 @@ function isConnected(node, inputName) {
   return !!slot && slot.link != null;
 }
 
-// Value of a widget; when its input socket is linked, the value of a primitive source if known.
-function settingValue(node, name) {
+function titleOf(node) {
+  return node?.title || node?.type || "another node";
+}
+
+function known(value, from = null) {
+  return { value, known: true, linked: from !== null, from };
+}
+
+function unknownFrom(node) {
+  return { value: undefined, known: false, linked: true, from: titleOf(node) };
+}
+
+// The value that reaches `node`'s input/widget `name` (a widget value, or what a link brings).
+function resolveSetting(node, name, depth = 0) {
   const widget = node.widgets?.find((w) => w.name === name);
-  const out = { value: widget?.value, linked: false, known: widget !== undefined };
-  const slot = node.inputs?.find((i) => i.widget?.name === name);
-  if (slot && slot.link != null) {
-    out.linked = true;
-    out.known = false;
-    const link = getLink(node.graph, slot.link);
-    const origin = link ? node.graph.getNodeById(link.origin_id) : null;
-    const src = origin?.widgets?.find((w) => w.name === "value") ?? (origin?.type === "PrimitiveNode" ? origin.widgets?.[0] : null);
-    if (src && src.value !== undefined && src.value !== null && src.value !== "") {
-      out.value = src.value;
-      out.known = true;
-    }
+  const slot = node.inputs?.find((i) => i.name === name || i.widget?.name === name);
+  if (!slot || slot.link == null) {
+    return widget ? known(widget.value) : { value: undefined, known: false, linked: false, from: null };
   }
-  return out;
+  return resolveLink(node.graph, slot.link, depth);
+}
+
+function resolveLink(graph, linkId, depth) {
+  const link = getLink(graph, linkId);
+  const origin = link ? graph.getNodeById(link.origin_id) : null;
+  if (!origin || depth > 8) return { value: undefined, known: false, linked: true, from: titleOf(origin) };
+  const from = titleOf(origin);
+  if (origin.type === "Reroute") {
+    const input = origin.inputs?.[0];
+    return input?.link != null ? resolveLink(graph, input.link, depth + 1) : unknownFrom(origin);
+  }
+  if (origin.type === "PrimitiveNode") {   // the frontend's own primitive (no server node)
+    const w = origin.widgets?.[0];
+    return w && w.value !== undefined && w.value !== "" ? known(w.value, from) : unknownFrom(origin);
+  }
+  const output = origin.outputs?.[link.origin_slot];
+  const outName = output?.name;
+  const rule = SOURCE_WIDGETS[origin.type]?.[outName] ?? SOURCE_WIDGETS[origin.type]?.[output?.type];
+  let widgetName = rule?.widget;
+  if (!widgetName) {
+    const names = (origin.widgets ?? []).map((w) => w.name);
+    if (names.includes("value") && (origin.outputs?.length ?? 0) === 1) widgetName = "value";   // PrimitiveInt & co.
+    else if (outName && names.includes(outName)) widgetName = outName;
+  }
+  if (!widgetName) return unknownFrom(origin);
+  const r = resolveSetting(origin, widgetName, depth + 1);
+  if (!r.known) return { ...r, from: r.from ?? from };
+  if (rule?.zeroUnknown && Number(r.value) <= 0) return unknownFrom(origin);
+  return known(r.value, r.from ?? from);
+}
+
+// MuseVContextWindows has no frame count: the sampler it feeds takes it from its latent's batch.
+function framesFromDownstream(node) {
+  const graph = node.graph;
+  const out = node.outputs?.find((o) => o.type === "MODEL");
+  for (const linkId of out?.links ?? []) {
+    const link = getLink(graph, linkId);
+    const target = link ? graph.getNodeById(link.target_id) : null;
+    const slot = target?.inputs?.find((i) => LATENT_INPUTS.includes(i.name) && i.link != null);
+    if (!slot) continue;
+    const r = resolveLink(graph, slot.link, 1);
+    return r.known ? r : { ...r, from: r.from ?? titleOf(target) };
+  }
+  return null;
 }
 
 function toInt(v, fallback) {
@@ -117,27 +186,42 @@ function toInt(v, fallback) {
 }
 
 function readSettings(node) {
-  const hasFramesWidget = !!node.widgets?.some((w) => w.name === "frames");
-  const frames = hasFramesWidget
-    ? settingValue(node, "frames")
-    : { value: node.properties?.[PREVIEW_PROPERTY] ?? DEFAULT_PREVIEW_FRAMES, linked: false, known: true };
-  const schedule = settingValue(node, "context_schedule");
-  const cf = settingValue(node, "context_frames");
-  const co = settingValue(node, "context_overlap");
-  const cb = settingValue(node, "context_batch_size");
-  const unknown = [];
-  for (const [name, s] of [["frames", frames], ["context_schedule", schedule], ["context_frames", cf],
-                           ["context_overlap", co], ["context_batch_size", cb]]) {
-    if (s.linked && !s.known) unknown.push(name);
+  const hasFrames = !!node.widgets?.some((w) => w.name === "frames") || !!node.inputs?.some((i) => i.name === "frames");
+  let frames;
+  let framesFrom;
+  if (hasFrames) {
+    frames = resolveSetting(node, "frames");
+    framesFrom = frames.linked ? "input" : "widget";
+  } else {
+    frames = framesFromDownstream(node);
+    framesFrom = frames ? "latent" : "preview";
+    if (!frames) frames = known(node.properties?.[PREVIEW_PROPERTY] ?? DEFAULT_PREVIEW_FRAMES);
   }
+  const schedule = resolveSetting(node, "context_schedule");
+  const cf = resolveSetting(node, "context_frames");
+  const co = resolveSetting(node, "context_overlap");
+  const cb = resolveSetting(node, "context_batch_size");
+  const hasStride = !!node.widgets?.some((w) => w.name === "context_stride");
+  const cs = hasStride ? resolveSetting(node, "context_stride") : known(1);
+  const unknown = [];
+  const sources = {};
+  for (const [name, s] of [["frames", frames], ["context_schedule", schedule], ["context_frames", cf],
+                           ["context_overlap", co], ["context_batch_size", cb], ["context_stride", cs]]) {
+    if (s.linked) sources[name] = s.from;
+    if (!s.known) unknown.push(name);
+  }
+  const batch = toInt(cb.value, 1);
   return {
     schedule: String(schedule.value ?? "uniform_v2"),
     frames: toInt(frames.value, DEFAULT_PREVIEW_FRAMES),
     context_frames: toInt(cf.value, 12),
     context_overlap: toInt(co.value, 4),
-    batch: toInt(cb.value, 1),
+    batch,
+    autoBatch: cb.known && batch === 0,
+    stride: Math.max(1, toInt(cs.value, 1)),
     n_vis: VISION_INPUTS.some((name) => isConnected(node, name)) ? 1 : 0,
-    framesFrom: hasFramesWidget ? (frames.linked ? "input" : "widget") : "preview",
+    framesFrom,
+    sources,
     unknown,
   };
 }
@@ -149,28 +233,52 @@ function queryOf(s) {
     context_frames: String(s.context_frames),
     context_overlap: String(s.context_overlap),
     n_vis: String(s.n_vis),
-    batch: String(s.batch),
+    // "auto" (0): the windows are the same, only their grouping into UNet calls is decided at run time
+    batch: String(s.autoBatch ? 1 : s.batch),
+    stride: String(s.stride),
   }).toString();
+}
+
+function keyOf(s) {
+  if (s.unknown.length) return "linked:" + s.unknown.map((n) => `${n}<${s.sources[n] ?? "?"}`).join(",");
+  return queryOf(s) + (s.autoBatch ? "&auto=1" : "") + `&from=${s.framesFrom}:${s.sources.frames ?? ""}`;
 }
 
 // ------------------------------------------------------------------------------------------
 // state per node: request the plan for the current settings, keep the last one for display
 // ------------------------------------------------------------------------------------------
 function stateOf(node) {
-  if (!node.__musev) node.__musev = { key: null, shown: null, desired: 0 };
+  if (!node.__musev) node.__musev = { key: null, shown: null, drawnSig: null };
   return node.__musev;
+}
+
+function linkedMessage(s) {
+  const name = s.unknown[0];
+  const from = s.sources[name] ?? "another node";
+  const label = name === "frames" ? "frames" : name;
+  return `${label} from ${from}`;
 }
 
 function refresh(node) {
   const st = stateOf(node);
   const settings = readSettings(node);
-  const key = queryOf(settings);
+  const key = keyOf(settings);
   if (st.key === key) return st.pending ?? Promise.resolve(node.musevLayout);
   if (st.retryKey === key && Date.now() < st.retryAt) return Promise.resolve(node.musevLayout);
   st.key = key;
-  const layout = { key, settings, status: "loading", plan: null, error: null, drawn: null };
-  if (!node.musevLayout) node.musevLayout = layout;
-  st.pending = fetchPlan(key).then((body) => {
+  if (settings.unknown.length) {
+    // the value is only known when the graph runs: say where it comes from, draw no chart
+    st.pending = null;
+    const done = { key, settings, status: "linked", plan: null, error: null, windows: null, frameCounts: null,
+                   batches: null, unetFrames: null, message: linkedMessage(settings), drawn: null };
+    node.musevLayout = done;
+    st.shown = done;
+    updated(node);
+    return Promise.resolve(done);
+  }
+  const query = queryOf(settings);
+  if (!node.musevLayout) node.musevLayout = { key, settings, status: "loading", plan: null, error: null, drawn: null };
+  st.pending = fetchPlan(query).then((body) => {
     if (st.key !== key) return node.musevLayout;   // settings changed meanwhile: a newer request wins
     st.pending = null;
     const done = {
@@ -181,42 +289,45 @@ function refresh(node) {
       error: body.ok ? null : body.error,
       windows: body.ok ? body.windows : null,
       frameCounts: body.ok ? body.frame_counts : null,
-      batches: body.ok ? body.batches : null,
+      batches: body.ok ? (settings.autoBatch ? null : body.batches) : null,
       unetFrames: body.ok ? body.unet_frames : null,
       drawn: null,
     };
     node.musevLayout = done;
     st.shown = done;
     if (body.transient) {
-      // server unreachable / odd answer: show it, retry in a few seconds (not on every frame)
+      // server unreachable / odd answer: show it, retry in a few seconds (not on every poll)
       st.key = null;
       st.retryKey = key;
       st.retryAt = Date.now() + RETRY_MS;
-      setTimeout(() => node.setDirtyCanvas?.(true, true), RETRY_MS + 50);
     }
-    updateBadge(node);
-    growToFit(node);
-    node.setDirtyCanvas?.(true, true);
+    updated(node);
     return done;
   });
-  node.setDirtyCanvas?.(true, false);
   return st.pending;
+}
+
+function updated(node) {
+  updateBadge(node);
+  growToFit(node);
+  draw(node);
+  node.setDirtyCanvas?.(true, true);
 }
 
 // ------------------------------------------------------------------------------------------
 // geometry
 // ------------------------------------------------------------------------------------------
 const G = {
-  margin: 12,
+  margin: 6,
   pad: 8,
-  header: 18,
-  axis: 13,
+  header: 20,
+  axis: 14,
   rowGap: 2,
-  rowMax: 12,
+  rowMax: 13,
   rowMin: 4,
-  cover: 13,
-  footer: 16,
-  label: 24,
+  cover: 14,
+  footer: 18,
+  label: 26,
 };
 
 function fixedHeight() {
@@ -224,38 +335,30 @@ function fixedHeight() {
 }
 
 function desiredHeight(node) {
-  const plan = stateOf(node).shown?.plan;
-  const rows = plan ? Math.min(plan.n_windows, MAX_ROWS) : 2;
+  return G.margin + innerHeight(node);
+}
+
+function innerHeight(node) {
   const shown = stateOf(node).shown;
-  if (shown && shown.status === "error") {
-    // room for the wrapped message (about 5.6 px per character at 10.5 px)
+  if (shown && shown.status !== "ok") {
+    if (shown.status === "linked") return G.pad + G.header + 52 + G.pad;
     const textWidth = Math.max(120, (node.size?.[0] ?? 340) - 2 * G.margin - 2 * G.pad - 14);
-    const lines = Math.min(8, Math.ceil(((shown.error?.message || "").length * 5.6) / textWidth) + 1);
-    return G.pad + G.header + 30 + lines * 13 + G.pad;
+    const lines = Math.min(8, Math.ceil(((shown.error?.message || "").length * 6.2) / textWidth) + 1);
+    return G.pad + G.header + 32 + lines * 14 + G.pad;
   }
+  const rows = shown?.plan ? Math.min(shown.plan.n_windows, MAX_ROWS) : 2;
   return fixedHeight() + rows * (G.rowMax + G.rowGap);
 }
 
-const MIN_HEIGHT = 96;
-
 function growToFit(node) {
   const st = stateOf(node);
-  const widget = node.widgets?.find((w) => w.name === LAYOUT_WIDGET);
-  if (!widget) return;
-  const want = desiredHeight(node);
-  // computedHeight is from the last layout pass, which may predate the node's size (a loaded
-  // workflow sets the saved size after creation): lay the widgets out for the current size first,
-  // else every load grows the node again.
-  node.arrange?.();
-  const have = widget.computedHeight ?? 0;
-  // Grow only when the plan needs more room than before (never fight a user's resize).
-  if (want > st.desired && have > 0 && want > have + 1) {
-    node.setSize([node.size[0], node.size[1] + (want - have)]);
-  }
-  st.desired = want;
+  const want = Math.max(MIN_HEIGHT, desiredHeight(node));
+  if (st.element) st.element.style.minHeight = `${want}px`;   // the Vue-nodes renderer sizes by CSS
+  // Grow only when the plan needs more room than the node has (never fight a user's resize).
+  const min = node.computeSize?.();
+  if (min && node.size && min[1] > node.size[1] + 1) node.setSize([node.size[0], min[1]]);
 }
 
-// Rows to draw: all windows, or the first ones, an ellipsis row and the last one.
 function pickRows(nWindows, maxRows) {
   if (nWindows <= maxRows) return { rows: [...Array(nWindows).keys()], hidden: 0 };
   const head = Math.max(1, maxRows - 2);
@@ -290,7 +393,7 @@ function spanText(frames) {
 
 function tickStep(cellWidth) {
   const steps = [1, 2, 4, 5, 10, 12, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000];
-  for (const s of steps) if (s * cellWidth >= 26) return s;
+  for (const s of steps) if (s * cellWidth >= 28) return s;
   return 10000;
 }
 
@@ -304,7 +407,7 @@ function coverColor(count, maxCount) {
 
 function roundRect(ctx, x, y, w, h, r) {
   ctx.beginPath();
-  if (typeof ctx.roundRect === "function") ctx.roundRect(x, y, w, h, Math.min(r, w / 2, h / 2));
+  if (typeof ctx.roundRect === "function") ctx.roundRect(x, y, w, h, Math.max(0, Math.min(r, w / 2, h / 2)));
   else ctx.rect(x, y, w, h);
 }
 
@@ -343,106 +446,154 @@ function wrapText(ctx, text, maxWidth, maxLines) {
 }
 
 // ------------------------------------------------------------------------------------------
-// drawing
+// drawing (into our own canvas, CSS pixels; scaled to the screen's resolution)
 // ------------------------------------------------------------------------------------------
-function drawLayout(ctx, node, widget, width, y, lowQuality) {
-  refresh(node);   // cheap when nothing changed: requests a plan when the settings did
-  const st = stateOf(node);
-  const shown = st.shown;
-  const height = Math.max(MIN_HEIGHT, widget.computedHeight ?? MIN_HEIGHT) - 4;
-  const x0 = G.margin;
-  const w = Math.max(60, width - 2 * G.margin);
+function screenRatio(el) {
+  // device pixels per CSS pixel of the element, the classic canvas' zoom (a CSS transform) included
+  const rect = el.getBoundingClientRect();
+  const zoom = el.clientWidth > 0 ? rect.width / el.clientWidth : 1;
+  return Math.max(1, Math.min(4, (window.devicePixelRatio || 1) * (Number.isFinite(zoom) && zoom > 0 ? zoom : 1)));
+}
 
+function draw(node, force = false) {
+  const st = stateOf(node);
+  const el = st.element;
+  const canvas = st.canvas;
+  if (!el || !canvas) return;
+  const w = el.clientWidth;
+  const h = el.clientHeight;
+  if (w < 2 || h < 2) return;   // not laid out (hidden, collapsed, off screen in the Vue renderer)
+  const ratio = screenRatio(el);
+  const shown = st.shown;
+  const sig = `${shown?.key}|${shown?.status}|${w}|${h}|${ratio.toFixed(2)}`;
+  if (!force && sig === st.drawnSig) return;
+  st.drawnSig = sig;
+  canvas.width = Math.round(w * ratio);
+  canvas.height = Math.round(h * ratio);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  try {
+    drawLayout(ctx, node, shown, w, h);
+    if (shown?.drawn) {
+      shown.drawn.pixelRatio = ratio;
+      shown.drawn.width = w;
+      shown.drawn.height = h;
+    }
+  } catch (e) {
+    if (!st.drawFailed) console.error("[MuseV] window preview failed to draw", e);
+    st.drawFailed = true;
+  }
+}
+
+function drawLayout(ctx, node, shown, width, height) {
+  const x0 = G.margin;
+  const y = G.margin / 2;
+  const w = Math.max(60, width - 2 * G.margin);
+  const h = Math.max(40, height - G.margin);
   ctx.save();
-  // the widget is 'disabled' so that dragging on it moves the node; undo the disabled dimming
-  ctx.globalAlpha = Math.min(1, ctx.globalAlpha * 2);
-  roundRect(ctx, x0, y, w, height, 6);
+  roundRect(ctx, x0, y, w, h, 6);
   ctx.fillStyle = C.panel;
   ctx.fill();
   ctx.strokeStyle = C.panelEdge;
   ctx.lineWidth = 1;
   ctx.stroke();
   ctx.beginPath();
-  ctx.rect(x0, y, w, height);
+  ctx.rect(x0, y, w, h);
   ctx.clip();
-
-  const loading = !shown || shown.key !== st.key;
-  if (!shown) {
-    drawHeader(ctx, x0, y, w, "computing windows…", null, lowQuality);
-  } else if (shown.status === "error") {
-    drawError(ctx, node, shown, x0, y, w, height, lowQuality);
-  } else {
-    if (loading) ctx.globalAlpha *= 0.55;
-    drawPlan(ctx, node, shown, x0, y, w, height, lowQuality);
-  }
+  if (!shown) drawHeader(ctx, x0, y, w, "computing windows…");
+  else if (shown.status === "error") drawError(ctx, shown, x0, y, w, h);
+  else if (shown.status === "linked") drawLinked(ctx, shown, x0, y, w, h);
+  else if (shown.status === "ok") drawPlan(ctx, shown, x0, y, w, h);
+  else drawHeader(ctx, x0, y, w, "computing windows…");
   ctx.restore();
 }
 
-function drawHeader(ctx, x0, y, w, right, settings, lowQuality) {
-  if (lowQuality) return;
-  const ty = y + G.pad + 10;
+function drawHeader(ctx, x0, y, w, right) {
+  const ty = y + G.pad + 11;
   ctx.textBaseline = "alphabetic";
-  ctx.font = `600 11px ${FONT}`;
+  ctx.font = `600 ${FS.title}px ${FONT}`;
   ctx.fillStyle = C.title;
   ctx.textAlign = "left";
   const title = "Context windows";
   ctx.fillText(title, x0 + G.pad, ty);
   const tw = ctx.measureText(title).width;
-  ctx.font = `10px ${FONT}`;
+  ctx.font = `${FS.text}px ${FONT}`;
   ctx.fillStyle = C.dim;
   ctx.textAlign = "right";
   ctx.fillText(fitText(ctx, right, w - tw - 3 * G.pad), x0 + w - G.pad, ty);
   ctx.textAlign = "left";
 }
 
-function drawError(ctx, node, shown, x0, y, w, height, lowQuality) {
-  const s = shown.settings;
-  drawHeader(ctx, x0, y, w, `${s.schedule} · ${s.frames} frames`, s, lowQuality);
+function drawBox(ctx, x0, y, w, height, bg, edge) {
   const bx = x0 + G.pad;
   const by = y + G.pad + G.header;
   const bw = w - 2 * G.pad;
   const bh = Math.max(24, height - G.header - 2 * G.pad);
   roundRect(ctx, bx, by, bw, bh, 5);
-  ctx.fillStyle = C.errorBg;
+  ctx.fillStyle = bg;
   ctx.fill();
-  ctx.strokeStyle = C.errorEdge;
+  ctx.strokeStyle = edge;
   ctx.stroke();
+  return { bx, by, bw, bh };
+}
+
+function drawLinked(ctx, shown, x0, y, w, height) {
+  const s = shown.settings;
+  drawHeader(ctx, x0, y, w, s.schedule);
+  const { bx, by, bw } = drawBox(ctx, x0, y, w, height, C.linkedBg, C.linkedEdge);
+  shown.drawn = { key: shown.key, linked: shown.message };
+  ctx.font = `600 ${FS.title}px ${FONT}`;
+  ctx.fillStyle = C.title;
+  ctx.fillText(fitText(ctx, `↳ ${shown.message}`, bw - 14), bx + 7, by + 17);
+  ctx.font = `${FS.text}px ${FONT}`;
+  ctx.fillStyle = C.dim;
+  ctx.fillText(fitText(ctx, "known when the graph runs: windows are laid out then", bw - 14), bx + 7, by + 34);
+}
+
+function drawError(ctx, shown, x0, y, w, height) {
+  const s = shown.settings;
+  drawHeader(ctx, x0, y, w, `${s.schedule} · ${s.frames} frames`);
+  const { bx, by, bw, bh } = drawBox(ctx, x0, y, w, height, C.errorBg, C.errorEdge);
   const message = shown.error?.message || "invalid settings";
   shown.drawn = { key: shown.key, error: message };
-  if (lowQuality) return;
-  ctx.font = `600 11px ${FONT}`;
+  ctx.font = `600 ${FS.title}px ${FONT}`;
   ctx.fillStyle = C.error;
   const param = shown.error?.param ? ` (${shown.error.param})` : "";
   const unavailable = shown.error?.type === "network" || shown.error?.type === "http";
   const title = unavailable ? "⚠ Window preview unavailable" : `⚠ Windows cannot be built${param}`;
-  ctx.fillText(fitText(ctx, title, bw - 12), bx + 7, by + 15);
-  ctx.font = `10.5px ${FONT}`;
+  ctx.fillText(fitText(ctx, title, bw - 12), bx + 7, by + 16);
+  ctx.font = `${FS.text}px ${FONT}`;
   ctx.fillStyle = C.text;
-  const lines = wrapText(ctx, message, bw - 14, Math.max(1, Math.floor((bh - 24) / 13)));
-  lines.forEach((line, i) => ctx.fillText(line, bx + 7, by + 30 + i * 13));
+  const lines = wrapText(ctx, message, bw - 14, Math.max(1, Math.floor((bh - 26) / 14)));
+  lines.forEach((line, i) => ctx.fillText(line, bx + 7, by + 32 + i * 14));
 }
 
-function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
+function framesNote(s) {
+  if (s.framesFrom === "preview") return " (preview)";
+  if (s.framesFrom === "latent" || s.framesFrom === "input") return s.sources.frames ? ` (${s.sources.frames})` : " (input)";
+  return "";
+}
+
+function drawPlan(ctx, shown, x0, y, w, height) {
   const plan = shown.plan;
   const s = shown.settings;
   const N = plan.n_frames;
   const nVis = plan.n_vis;
-  const frameSrc = s.framesFrom === "preview" ? " (preview)" : s.framesFrom === "input" ? " (input)" : "";
-  drawHeader(ctx, x0, y, w, `${plan.schedule} · ${N} frames${frameSrc}`, s, lowQuality);
+  drawHeader(ctx, x0, y, w, `${plan.schedule} · ${N} frames${framesNote(s)}`);
 
   // horizontal layout: [batch bar][label][vision][gap][frames ...][info]
-  const showInfo = w >= 300 && !lowQuality;
-  ctx.font = `10px ${FONT}`;
-  const labelW = Math.max(G.label, Math.ceil(ctx.measureText(`w${plan.n_windows}`).width) + 9);
+  const showInfo = w >= 300;
+  ctx.font = `${FS.small}px ${FONT}`;
+  const labelW = Math.max(G.label, Math.ceil(ctx.measureText(`w${plan.n_windows}`).width) + 10);
   const pick0 = pickRows(plan.n_windows, MAX_ROWS);
   let infoW = 0;
   if (showInfo) {
-    ctx.font = `10px ${FONT}`;
     const texts = pick0.rows.filter((i) => i >= 0).map((i) => spanText(plan.windows[i]));
     texts.push(`${plan.min_count}–${plan.max_count}×`);
-    infoW = Math.min(96, 10 + Math.max(...texts.map((t) => ctx.measureText(t).width)));
+    infoW = Math.min(100, 10 + Math.max(...texts.map((t) => ctx.measureText(t).width)));
   }
-  const visCell = nVis ? Math.max(9, Math.min(14, 0.6 * G.rowMax + 6)) : 0;
+  const visCell = nVis ? Math.max(10, Math.min(15, 0.6 * G.rowMax + 6)) : 0;
   const visW = nVis * visCell;
   const gx = x0 + G.pad + labelW + (nVis ? visW + 6 : 0);
   const gw = Math.max(20, x0 + w - G.pad - infoW - gx);
@@ -459,35 +610,33 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
   const nRows = pick.rows.length;
   const rowH = Math.max(G.rowMin, Math.min(G.rowMax, Math.floor((avail + G.rowGap) / nRows) - G.rowGap));
 
-  // batch of each window
-  const batchOf = new Array(plan.n_windows);
-  plan.batches.forEach((b, bi) => b.forEach((wi) => (batchOf[wi] = bi)));
+  // batch (UNet call) of each window; "auto": decided at run time, all windows in one colour
+  const batchOf = new Array(plan.n_windows).fill(0);
+  if (!s.autoBatch) plan.batches.forEach((b, bi) => b.forEach((wi) => (batchOf[wi] = bi)));
 
   // axis: frame ticks
-  if (!lowQuality) {
-    ctx.font = `9px ${FONT}`;
-    ctx.fillStyle = C.dim;
-    ctx.textAlign = "center";
-    const step = tickStep(cw);
-    const ay = top + G.axis - 3;
-    let lastRight = -Infinity;
-    const ticks = [];
-    for (let f = 0; f < N; f += step) ticks.push(f);
-    if (ticks[ticks.length - 1] !== N - 1) ticks.push(N - 1);
-    for (const f of ticks) {
-      const cx = fx(f) + cw / 2;
-      const label = String(f);
-      const half = ctx.measureText(label).width / 2;
-      if (cx - half < lastRight + 4) continue;
-      ctx.fillText(label, cx, ay);
-      lastRight = cx + half;
-    }
-    if (nVis) {
-      ctx.fillStyle = C.vision;
-      ctx.fillText("vis", x0 + G.pad + labelW + visW / 2, ay);
-    }
-    ctx.textAlign = "left";
+  ctx.font = `${FS.small}px ${FONT}`;
+  ctx.fillStyle = C.dim;
+  ctx.textAlign = "center";
+  const step = tickStep(cw);
+  const ay = top + G.axis - 3;
+  let lastRight = -Infinity;
+  const ticks = [];
+  for (let f = 0; f < N; f += step) ticks.push(f);
+  if (ticks[ticks.length - 1] !== N - 1) ticks.push(N - 1);
+  for (const f of ticks) {
+    const cx = fx(f) + cw / 2;
+    const label = String(f);
+    const half = ctx.measureText(label).width / 2;
+    if (cx - half < lastRight + 4) continue;
+    ctx.fillText(label, cx, ay);
+    lastRight = cx + half;
   }
+  if (nVis) {
+    ctx.fillStyle = C.vision;
+    ctx.fillText("vis", x0 + G.pad + labelW + visW / 2, ay);
+  }
+  ctx.textAlign = "left";
   // faint frame grid behind the rows
   if (cw >= 4) {
     ctx.fillStyle = C.grid;
@@ -499,22 +648,19 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
   pick.rows.forEach((wi, r) => {
     const ry = rowsTop + r * (rowH + G.rowGap);
     if (wi < 0) {
-      if (!lowQuality) {
-        ctx.font = `10px ${FONT}`;
-        ctx.fillStyle = C.dim;
-        ctx.textAlign = "center";
-        ctx.fillText(`… ${pick.hidden} more windows …`, gx + gw / 2, ry + rowH - 1);
-        ctx.textAlign = "left";
-      }
+      ctx.font = `${FS.small}px ${FONT}`;
+      ctx.fillStyle = C.dim;
+      ctx.textAlign = "center";
+      ctx.fillText(`… ${pick.hidden} more windows …`, gx + gw / 2, ry + rowH - 1);
+      ctx.textAlign = "left";
       return;
     }
     const frames = plan.windows[wi];
     const b = batchOf[wi] ?? 0;
     const color = BATCH_COLORS[b % BATCH_COLORS.length];
-    drawnRows.push({ window: wi, frames: frames.slice(), batch: b, color, y: ry, height: rowH });
-    // label
-    if (!lowQuality && rowH >= 7) {
-      ctx.font = `${Math.min(10, rowH)}px ${FONT}`;
+    drawnRows.push({ window: wi, frames: frames.slice(), batch: s.autoBatch ? null : b, color, y: ry, height: rowH });
+    if (rowH >= 7) {
+      ctx.font = `${Math.min(FS.small, rowH)}px ${FONT}`;
       ctx.fillStyle = C.dim;
       ctx.textAlign = "right";
       ctx.fillText(`w${wi + 1}`, x0 + G.pad + labelW - 5, ry + rowH - 1.5);
@@ -522,14 +668,14 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
     }
     // batch bar: windows of one UNet call share a colour and a bar on the left
     ctx.fillStyle = color;
-    ctx.fillRect(x0 + G.pad - 3, ry, 3, rowH + (batchOf[wi + 1] === b && r + 1 < nRows && pick.rows[r + 1] === wi + 1 ? G.rowGap : 0));
-    // vision frames
+    const joins = !s.autoBatch && batchOf[wi + 1] === b && r + 1 < nRows && pick.rows[r + 1] === wi + 1;
+    ctx.fillRect(x0 + G.pad - 3, ry, 3, rowH + (joins ? G.rowGap : 0));
     for (let v = 0; v < nVis; v++) {
       const vx = x0 + G.pad + labelW + v * visCell;
       roundRect(ctx, vx + 0.5, ry, visCell - 1.5, rowH, 2);
       ctx.fillStyle = C.vision;
       ctx.fill();
-      if (!lowQuality && rowH >= 9 && visCell >= 9) {
+      if (rowH >= 9 && visCell >= 9) {
         ctx.font = `700 ${Math.min(9, rowH - 1)}px ${FONT}`;
         ctx.fillStyle = C.visionText;
         ctx.textAlign = "center";
@@ -537,7 +683,6 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
         ctx.textAlign = "left";
       }
     }
-    // the window's frames, as runs (a looped window that wraps draws two runs)
     for (const [a, z] of runsOf(frames)) {
       const rx = fx(a) + (cw >= 4 ? 0.75 : 0);
       const rw = Math.max(1, fx(z + 1) - fx(a) - (cw >= 4 ? 1.5 : 0));
@@ -545,13 +690,12 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
       ctx.fillStyle = color;
       ctx.fill();
     }
-    // frame separators inside the runs when frames are wide enough
     if (cw >= 7) {
       ctx.fillStyle = "rgba(0, 0, 0, 0.22)";
       for (const f of frames) ctx.fillRect(Math.round(fx(f + 1)) - 0.5, ry + 1, 1, rowH - 2);
     }
     if (showInfo && rowH >= 7) {
-      ctx.font = `${Math.min(10, rowH)}px ${FONT}`;
+      ctx.font = `${Math.min(FS.small, rowH)}px ${FONT}`;
       ctx.fillStyle = C.text;
       ctx.fillText(fitText(ctx, spanText(frames), infoW - 6), gx + gw + 6, ry + rowH - 1.5);
     }
@@ -569,48 +713,44 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
     ctx.fillRect(fx(f), cy, fx(g + 1) - fx(f), G.cover);
     f = g + 1;
   }
-  if (!lowQuality) {
-    ctx.font = `9px ${FONT}`;
-    ctx.fillStyle = C.dim;
-    ctx.textAlign = "right";
-    ctx.fillText("×", x0 + G.pad + labelW - 5, cy + G.cover - 3);
-    if (cw >= 8) {
-      ctx.textAlign = "center";
-      ctx.fillStyle = "rgba(255, 255, 255, 0.9)";
-      for (let i = 0; i < N; i++) ctx.fillText(String(counts[i]), fx(i) + cw / 2, cy + G.cover - 3);
-    }
-    if (showInfo) {
-      ctx.textAlign = "left";
-      ctx.fillStyle = C.dim;
-      const range = plan.min_count === plan.max_count ? `${plan.max_count}×` : `${plan.min_count}–${plan.max_count}×`;
-      ctx.fillText(fitText(ctx, range, infoW - 6), gx + gw + 6, cy + G.cover - 3);
-    }
-    ctx.textAlign = "left";
+  ctx.font = `${FS.small}px ${FONT}`;
+  ctx.fillStyle = C.dim;
+  ctx.textAlign = "right";
+  ctx.fillText("×", x0 + G.pad + labelW - 5, cy + G.cover - 3);
+  if (cw >= 9) {
+    ctx.textAlign = "center";
+    ctx.fillStyle = "rgba(255, 255, 255, 0.9)";
+    for (let i = 0; i < N; i++) ctx.fillText(String(counts[i]), fx(i) + cw / 2, cy + G.cover - 3);
   }
+  if (showInfo) {
+    ctx.textAlign = "left";
+    ctx.fillStyle = C.dim;
+    const range = plan.min_count === plan.max_count ? `${plan.max_count}×` : `${plan.min_count}–${plan.max_count}×`;
+    ctx.fillText(fitText(ctx, range, infoW - 6), gx + gw + 6, cy + G.cover - 3);
+  }
+  ctx.textAlign = "left";
 
   // footer: what one UNet call sees
-  if (!lowQuality) {
-    const F = Math.max(...plan.windows.map((win) => win.length));
-    const perCall = Math.max(...plan.batch_unet_frames);
+  const F = Math.max(...plan.windows.map((win) => win.length));
+  const perWindow = nVis ? `${nVis}V+${F}` : `${F}`;
+  const parts = [`${plan.n_windows} window${plan.n_windows === 1 ? "" : "s"} of ${perWindow}`];
+  if (s.autoBatch) parts.push("auto batching (at run time)");
+  else {
     const calls = plan.n_batches;
-    const perWindow = nVis ? `${nVis}V+${F}` : `${F}`;
-    const parts = [
-      `${plan.n_windows} window${plan.n_windows === 1 ? "" : "s"} of ${perWindow}`,
-      `${calls} UNet call${calls === 1 ? "" : "s"}/step`,
-      `≤${perCall} frames/call`,
-    ];
-    if (s.unknown.length) parts.push(`linked: ${s.unknown.join(", ")} (widget value shown)`);
-    ctx.font = `10px ${FONT}`;
-    ctx.fillStyle = C.text;
-    ctx.fillText(fitText(ctx, parts.join(" · "), w - 2 * G.pad), x0 + G.pad, y + height - G.pad - 3);
+    parts.push(`${calls} UNet call${calls === 1 ? "" : "s"}/step`, `≤${Math.max(...plan.batch_unet_frames)} frames/call`);
   }
+  ctx.font = `${FS.text}px ${FONT}`;
+  ctx.fillStyle = C.text;
+  ctx.fillText(fitText(ctx, parts.join(" · "), w - 2 * G.pad), x0 + G.pad, y + height - G.pad - 3);
 
-  // what was drawn, with its geometry in node coordinates (frame f spans gridX + f·cellWidth ...)
+  // what was drawn, with its geometry in the element's CSS pixels (frame f spans gridX + f·cellWidth ...)
   shown.drawn = {
     key: shown.key,
     rows: drawnRows,
     hiddenWindows: pick.hidden,
     nVis,
+    autoBatch: s.autoBatch,
+    footer: parts.join(" · "),
     frameCounts: counts.slice(),
     gridX: gx,
     cellWidth: cw,
@@ -623,7 +763,7 @@ function drawPlan(ctx, node, shown, x0, y, w, height, lowQuality) {
 }
 
 // ------------------------------------------------------------------------------------------
-// badge: "3 windows" above the title, readable when the node is collapsed
+// badge: "3 windows" beside the title (readable when the node is collapsed); no node colours
 // ------------------------------------------------------------------------------------------
 function updateBadge(node) {
   const Badge = window.LGraphBadge;
@@ -631,18 +771,41 @@ function updateBadge(node) {
   const st = stateOf(node);
   const shown = st.shown;
   const n = shown?.plan?.n_windows;
-  const text = !shown ? "" : shown.status === "ok" ? `${n} window${n === 1 ? "" : "s"}` : "windows: error";
+  const text = !shown ? "" : shown.status === "ok" ? `${n} window${n === 1 ? "" : "s"}`
+    : shown.status === "linked" ? "windows: at run time" : "windows: error";
   if (!st.badge) {
-    st.badge = new Badge({ text, fgColor: "#efe6ff", bgColor: "#5b4387", fontSize: 11, padding: 5, height: 18 });
+    st.badge = new Badge({ text, fgColor: "#f0f0f4", bgColor: "#3d4656", fontSize: 11, padding: 5, height: 18 });
     node.badges.push(() => st.badge);
   }
   st.badge.text = text;
-  st.badge.bgColor = shown && shown.status !== "ok" ? "#8a2d3a" : "#5b4387";
+  st.badge.bgColor = shown && shown.status === "error" ? "#8a2d3a" : "#3d4656";
 }
 
 // ------------------------------------------------------------------------------------------
 // node setup
 // ------------------------------------------------------------------------------------------
+const LIVE = new Set();
+let pollTimer = null;
+
+function poll() {
+  for (const node of LIVE) {
+    if (!node.graph) continue;
+    try {
+      refresh(node);
+      draw(node);
+    } catch (e) {
+      const st = stateOf(node);
+      if (!st.pollFailed) console.error("[MuseV] window preview failed", e);
+      st.pollFailed = true;
+    }
+  }
+}
+
+function track(node) {
+  LIVE.add(node);
+  if (pollTimer === null) pollTimer = setInterval(poll, POLL_MS);
+}
+
 function addPreviewFramesWidget(node) {
   if (node.widgets?.some((w) => w.name === "frames" || w.name === PREVIEW_WIDGET)) return;
   node.properties ??= {};
@@ -653,40 +816,42 @@ function addPreviewFramesWidget(node) {
     node.properties[PREVIEW_PROPERTY],
     (value) => {
       node.properties[PREVIEW_PROPERTY] = toInt(value, DEFAULT_PREVIEW_FRAMES);
-      node.setDirtyCanvas?.(true, true);
+      refresh(node);
     },
     { min: 1, max: 4096, step: 10, precision: 0, round: 1, serialize: false, property: PREVIEW_PROPERTY }
   );
   widget.serialize = false;
-  widget.tooltip = "Preview only: the video length to draw the windows for. At sampling time the length " +
-    "comes from the latent (frames = batch); this value is not sent to the server.";
+  widget.tooltip = "Preview only: the video length to draw the windows for when no Empty Latent Image batch is " +
+    "found behind the sampler. At sampling time the length comes from the latent (frames = batch); this value is " +
+    "not sent to the server.";
 }
 
 function addLayoutWidget(node) {
   if (node.widgets?.some((w) => w.name === LAYOUT_WIDGET)) return;
-  const widget = {
-    name: LAYOUT_WIDGET,
-    type: "musev.windows",
-    value: "",
-    options: { serialize: false },
+  const st = stateOf(node);
+  const el = document.createElement("div");
+  el.className = "musev-window-preview";
+  el.dataset.musevNode = String(node.id);
+  el.style.cssText = `position:relative;width:100%;height:100%;min-height:${MIN_HEIGHT}px;box-sizing:border-box;` +
+    "pointer-events:none;overflow:hidden;";
+  const canvas = document.createElement("canvas");
+  canvas.style.cssText = "position:absolute;left:0;top:0;width:100%;height:100%;display:block;";
+  el.appendChild(canvas);
+  st.element = el;
+  st.canvas = canvas;
+  node.musevPreview = el;
+  const widget = node.addDOMWidget(LAYOUT_WIDGET, "musev.windows", el, {
     serialize: false,
-    disabled: true, // pointer events go to the node (drag it by the chart), not to the widget
-    y: 0,
-    tooltip: "MuseV context windows: rows = windows (frames they denoise), V = vision-condition frame " +
-      "every window sees, × = windows averaged per frame; colours = UNet calls (context_batch_size).",
-    computeLayoutSize() {
-      return { minHeight: MIN_HEIGHT, maxHeight: Math.max(MIN_HEIGHT, desiredHeight(node)), minWidth: 240 };
-    },
-    draw(ctx, n, width, y, _H, lowQuality) {
-      try {
-        drawLayout(ctx, n, this, width, y, lowQuality);
-      } catch (e) {
-        if (!stateOf(n).drawFailed) console.error("[MuseV] window preview failed to draw", e);
-        stateOf(n).drawFailed = true;
-      }
-    },
-  };
-  node.addCustomWidget(widget);
+    hideOnZoom: true,
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => Math.max(MIN_HEIGHT, desiredHeight(node)),
+    getMaxHeight: () => Math.max(MIN_HEIGHT, desiredHeight(node)),
+  });
+  widget.serialize = false;
+  widget.tooltip = "MuseV context windows: rows = windows (frames they denoise), V = vision-condition frame " +
+    "every window sees, × = windows averaged per frame; colours = UNet calls (context_batch_size).";
+  if (typeof ResizeObserver === "function") new ResizeObserver(() => draw(node)).observe(el);
 }
 
 function chain(proto, name, after) {
@@ -702,38 +867,38 @@ app.registerExtension({
   name: EXTENSION,
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    const isMuseV = typeof nodeData?.category === "string" &&
-      (nodeData.category === CATEGORY || nodeData.category.startsWith(CATEGORY + "/"));
-    if (!isMuseV) return;
+    if (!WINDOW_NODES.has(nodeData?.name)) return;
     const proto = nodeType.prototype;
-    chain(proto, "onNodeCreated", function () {
-      if (!this.color) this.color = NODE_COLOR;
-      if (!this.bgcolor) this.bgcolor = NODE_BGCOLOR;
-    });
-    if (!WINDOW_NODES.has(nodeData.name)) return;
     chain(proto, "onNodeCreated", function () {
       addPreviewFramesWidget(this);
       addLayoutWidget(this);
       const size = this.computeSize();
       this.setSize([Math.max(this.size[0], size[0], 340), Math.max(this.size[1], size[1])]);
       this.musevRefresh = () => refresh(this);
+      track(this);
     });
     chain(proto, "onConfigure", function () {
       const w = this.widgets?.find((x) => x.name === PREVIEW_WIDGET);
       if (w && this.properties?.[PREVIEW_PROPERTY] !== undefined) w.value = this.properties[PREVIEW_PROPERTY];
-      this.setDirtyCanvas?.(true, true);
+      track(this);
+    });
+    chain(proto, "onAdded", function () {
+      track(this);
+    });
+    chain(proto, "onRemoved", function () {
+      LIVE.delete(this);
     });
     chain(proto, "onConnectionsChange", function () {
-      this.setDirtyCanvas?.(true, true);
+      if (this.graph) refresh(this);
     });
     chain(proto, "onWidgetChanged", function () {
-      this.setDirtyCanvas?.(true, true);
+      refresh(this);
     });
     chain(proto, "onPropertyChanged", function (name, value) {
       if (name !== PREVIEW_PROPERTY) return;
       const w = this.widgets?.find((x) => x.name === PREVIEW_WIDGET);
       if (w) w.value = value;
-      this.setDirtyCanvas?.(true, true);
+      refresh(this);
     });
   },
 });

@@ -78,18 +78,26 @@ def disconnect(frontend, node_id, input_name):
 
 
 def check_against_core(layout, schedule, n, f, o, batch, n_vis):
+    """The layout is musev_core's plan for these settings; ``batch`` None: the node's own
+    context_batch_size (0 = auto: no grouping drawn, it is chosen at run time)."""
+    if batch is None:
+        batch = layout["settings"]["batch"]
     windows = W().get_windows(schedule, n, f, o)
     assert layout["status"] == "ok", layout["error"]
     assert layout["settings"]["n_vis"] == n_vis
     assert layout["windows"] == windows
     assert layout["frameCounts"] == W().frame_counts(windows, n)
-    assert layout["batches"] == W().batch_windows(list(range(len(windows))), batch)
+    if batch == 0:
+        assert layout["settings"]["autoBatch"] and layout["batches"] is None
+        batch_of = {i: None for i in range(len(windows))}
+    else:
+        assert layout["batches"] == W().batch_windows(list(range(len(windows))), batch)
+        batch_of = {i: b for b, group in enumerate(layout["batches"]) for i in group}
     assert layout["unetFrames"] == [n_vis + len(w) for w in windows]
     drawn = layout["drawn"]
     assert drawn["nVis"] == n_vis
     assert drawn["frameCounts"] == W().frame_counts(windows, n)
     # every drawn row is the window it claims to be, batch included; the rest are counted as hidden
-    batch_of = {i: b for b, group in enumerate(layout["batches"]) for i in group}
     for row in drawn["rows"]:
         assert row["frames"] == windows[row["window"]]
         assert row["batch"] == batch_of[row["window"]]
@@ -100,11 +108,12 @@ def check_against_core(layout, schedule, n, f, o, batch, n_vis):
 
 
 PIXELS_JS = """([id, points]) => {
-    const c = window.app.canvas, node = window.app.graph.getNodeById(id);
-    const ctx = c.canvas.getContext('2d');
+    // the chart is the node's own <canvas> (a DOM widget): read it, whatever renderer placed it
+    const node = window.app.graph.getNodeById(id);
+    const canvas = node.musevPreview.querySelector('canvas');
+    const r = node.musevLayout.drawn.pixelRatio, ctx = canvas.getContext('2d');
     return points.map(([x, y]) => {
-        const [px, py] = c.ds.convertOffsetToCanvas([node.pos[0] + x, node.pos[1] + y]);
-        const d = ctx.getImageData(Math.floor(px), Math.floor(py), 1, 1).data;
+        const d = ctx.getImageData(Math.floor(x * r), Math.floor(y * r), 1, 1).data;
         return [d[0], d[1], d[2]];
     });
 }"""
@@ -124,9 +133,7 @@ def check_pixels(frontend, node_id, layout):
     drawn row, the vision cell and the coverage strip."""
     drawn = layout["drawn"]
     n = len(layout["frameCounts"])
-    assert drawn["cellWidth"] * 2 >= 6, "cells too narrow to sample"
-    frontend.show_node(node_id, scale=2, widget=LAYOUT_WIDGET)
-    frontend.page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert drawn["cellWidth"] * drawn["pixelRatio"] >= 6, "cells too narrow to sample"
     points, expect = [], []
     for row in drawn["rows"]:
         cy = row["y"] + row["height"] / 2
@@ -187,11 +194,11 @@ def test_extension_loads_without_errors(frontend):
 def test_sampler_preview_follows_widgets(frontend):
     node = frontend.add_node("ParallelDenoiseSampler", pos=(60, 40))
     layout = drawn_layout(frontend, node, frames=12, context_frames=12, context_overlap=4)
-    check_against_core(layout, "uniform_v2", 12, 12, 4, 1, 0)   # the node's defaults: one window
+    check_against_core(layout, "uniform_v2", 12, 12, 4, None, 0)   # the node's defaults: one window
 
     cases = [
-        (dict(frames=24), ("uniform_v2", 24, 12, 4, 1)),
-        (dict(frames=13), ("uniform_v2", 13, 12, 4, 1)),
+        (dict(frames=24), ("uniform_v2", 24, 12, 4, None)),
+        (dict(frames=13), ("uniform_v2", 13, 12, 4, None)),
         (dict(frames=36, context_batch_size=3), ("uniform_v2", 36, 12, 4, 3)),
         (dict(frames=24, context_schedule="uniform_looped", context_batch_size=2), ("uniform_looped", 24, 12, 4, 2)),
         (dict(frames=200, context_frames=16, context_schedule="uniform_v2"), ("uniform_v2", 200, 16, 4, 2)),
@@ -248,9 +255,9 @@ def test_linked_widget_inputs_are_followed(frontend):
     connect(frontend, overlap, 0, node, "context_overlap")
     layout = drawn_layout(frontend, node, frames=30, context_overlap=6)
     assert layout["settings"]["framesFrom"] == "input" and layout["settings"]["unknown"] == []
-    check_against_core(layout, "uniform_v2", 30, 12, 6, 1, 0)
+    check_against_core(layout, "uniform_v2", 30, 12, 6, None, 0)
     frontend.set_widget(frames, "value", 50)              # live: a change upstream redraws
-    check_against_core(drawn_layout(frontend, node, frames=50), "uniform_v2", 50, 12, 6, 1, 0)
+    check_against_core(drawn_layout(frontend, node, frames=50), "uniform_v2", 50, 12, 6, None, 0)
     prompt = frontend.page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert prompt[str(node)]["inputs"]["frames"] == [str(frames), 0]
     assert frontend.pack_errors() == []
@@ -260,9 +267,9 @@ def test_frontend_widgets_stay_out_of_workflow_and_prompt(frontend, comfy_server
     node = frontend.add_node("MuseVContextWindows", pos=(60, 40))
     layout = drawn_layout(frontend, node, frames=24)
     assert layout["settings"]["framesFrom"] == "preview"
-    check_against_core(layout, "uniform_v2", 24, 12, 4, 1, 0)
+    check_against_core(layout, "uniform_v2", 24, 12, 4, None, 0)
     layout = drawn_layout(frontend, node, **set_widgets(frontend, node, preview_frames=40, context_overlap=2))
-    check_against_core(layout, "uniform_v2", 40, 12, 2, 1, 0)
+    check_against_core(layout, "uniform_v2", 40, 12, 2, None, 0)
     frontend.screenshot_node(node, "frontend_context_windows_node")
 
     sampler = frontend.add_node("ParallelDenoiseSampler", pos=(500, 40))
@@ -292,7 +299,7 @@ def test_frontend_widgets_stay_out_of_workflow_and_prompt(frontend, comfy_server
             {showMissingNodesDialog: false, showMissingModelsDialog: false});
     }""")
     layout = drawn_layout(frontend, node, frames=40, context_overlap=2)
-    check_against_core(layout, "uniform_v2", 40, 12, 2, 1, 0)
+    check_against_core(layout, "uniform_v2", 40, 12, 2, None, 0)
     assert frontend.page.evaluate("""([id, w]) => window.app.graph.getNodeById(id).widgets
         .find(x => x.name === w).value""", [node, PREVIEW_WIDGET]) == 40
     assert frontend.pack_errors() == []
@@ -412,31 +419,152 @@ def test_shipped_workflow_loads(frontend, path):
 
 VUE_SETTING = "Comfy.VueNodes.Enabled"
 PROMPT_JS = "async () => (await window.app.graphToPrompt()).output"
+VUE_OFFERED_JS = """(k) => { const d = (window.app.extensionManager.setting.settings || {})[k];
+                            return !!(d && d.type !== 'hidden'); }"""
+# every node's DOM box in the Vue-nodes renderer, and where each window chart sits
+VUE_VIEW_JS = """() => ({
+    scale: window.app.canvas.ds.scale,
+    nodes: window.app.graph.nodes.map(n => {
+        const el = document.querySelector(`[data-node-id="${n.id}"]`);
+        const r = el && el.getBoundingClientRect();
+        return {id: n.id, type: n.type, r: r ? [r.left, r.top, r.width, r.height] : null};
+    }),
+    charts: window.app.graph.nodes.filter(n => n.musevPreview).map(n => {
+        const L = n.musevLayout, el = n.musevPreview, host = el.closest('[data-node-id]');
+        return {type: n.type, status: L && L.status, drawn: !!(L && L.drawn && L.drawn.key === L.key),
+                inNode: !!host && host.dataset.nodeId === String(n.id), h: el.clientHeight};
+    }),
+})"""
 
 
-def test_shipped_workflows_in_vue_nodes_mode(frontend, comfy_server):
-    """The frontend's (experimental) Vue-nodes renderer: every shipped workflow loads without errors
-    and queues exactly the prompt it queues in the classic canvas renderer."""
-    classic = {}
-    for path in SHIPPED:
-        report = load_workflow_in_frontend(frontend, path, settle_ms=200)
-        assert report["errors"] == [], "\n".join(report["errors"])
-        classic[path] = frontend.page.evaluate(PROMPT_JS)
-    page = frontend.page
-    assert page.evaluate("""async (k) => { await window.app.extensionManager.setting.set(k, true);
-                                           return window.app.extensionManager.setting.get(k); }""", VUE_SETTING)
+def load_as_saved(page, path):
+    return load_workflow_in_frontend(page, path, settle_ms=800, fit=False)
+
+
+def test_shipped_workflows_in_vue_nodes_mode(chromium, comfy_server):
+    """The frontend's Vue-nodes renderer ("Nodes 2.0": a user setting in 1.45, the default on Desktop
+    and Cloud for new installs; a hidden experiment in 1.27): every shipped workflow loads without
+    errors and queues exactly the prompt it queues in the classic renderer.  Where the renderer is
+    offered to users, the saved view also holds there: every node box inside the reference window's
+    uncovered rectangle, none overlapping, every window chart drawn inside its node."""
+    import importlib.util
+    from browser import FrontendPage
+    spec = importlib.util.spec_from_file_location("bw", os.path.join(PACK_DIR, "scripts", "build_workflows.py"))
+    bw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bw)
+    page_obj = FrontendPage(chromium, comfy_server, viewport=bw.REFERENCE_VIEWPORT)
+    page = page_obj.page
     try:
-        page.wait_for_timeout(500)
-        frontend.open()                      # the renderer is chosen at start-up
-        assert page.evaluate("(k) => window.app.extensionManager.setting.get(k)", VUE_SETTING) is True
+        page_obj.open()
+        classic = {}
         for path in SHIPPED:
-            name = os.path.basename(path)
-            report = load_workflow_in_frontend(frontend, path, settle_ms=800,
-                                               screenshot_name="vue_" + os.path.splitext(name)[0])
+            report = load_as_saved(page_obj, path)
+            assert report["errors"] == [], "\n".join(report["errors"])
+            classic[path] = page.evaluate(PROMPT_JS)
+        offered = page.evaluate(VUE_OFFERED_JS, VUE_SETTING)
+        assert page.evaluate("""async (k) => { await window.app.extensionManager.setting.set(k, true);
+                                               return window.app.extensionManager.setting.get(k); }""", VUE_SETTING)
+        page.wait_for_timeout(500)
+        page_obj.open()                      # the renderer is chosen at start-up
+        assert page.evaluate("(k) => window.app.extensionManager.setting.get(k)", VUE_SETTING) is True
+        l, t, r, b = bw.USABLE_PAGE
+        for path in SHIPPED:
+            name = os.path.splitext(os.path.basename(path))[0]
+            report = load_as_saved(page_obj, path)
             assert report["missing_nodes"] == [] and report["errors"] == [], (name, report["errors"])
             rendered = page.evaluate("() => document.querySelectorAll('[data-node-id]').length")
             assert rendered == report["node_count"], f"{name}: {rendered} Vue nodes for {report['node_count']}"
             assert page.evaluate(PROMPT_JS) == classic[path], f"{name}: another prompt in Vue-nodes mode"
+            if not offered:
+                continue
+            page.wait_for_function("""() => window.app.graph.nodes.filter(n => n.musevLayout).every(n =>
+                n.musevLayout.drawn && n.musevLayout.drawn.key === n.musevLayout.key)""", timeout=30_000)
+            view = page.evaluate(VUE_VIEW_JS)
+            page_obj.screenshot("vue_" + name)
+            boxes = view["nodes"]
+            assert all(n["r"] for n in boxes), f"{name}: nodes without a DOM box"
+            outside = [(n["type"], [round(v) for v in n["r"]]) for n in boxes
+                       if not (l <= n["r"][0] and n["r"][0] + n["r"][2] <= r and t <= n["r"][1]
+                               and n["r"][1] + n["r"][3] <= b)]
+            assert outside == [], f"{name}: nodes outside the visible canvas in the Vue renderer {outside}"
+            hits = [(a["type"], c["type"]) for i, a in enumerate(boxes) for c in boxes[i + 1:]
+                    if a["r"][0] < c["r"][0] + c["r"][2] and c["r"][0] < a["r"][0] + a["r"][2]
+                    and a["r"][1] < c["r"][1] + c["r"][3] and c["r"][1] < a["r"][1] + a["r"][3]]
+            assert hits == [], f"{name}: overlapping nodes in the Vue renderer {hits}"
+            assert view["charts"] and all(c["drawn"] and c["inNode"] and c["h"] > 40 for c in view["charts"]), \
+                (name, view["charts"])
+        assert page_obj.pack_errors() == []
     finally:
         page.evaluate("async (k) => { await window.app.extensionManager.setting.set(k, false); }", VUE_SETTING)
         page.wait_for_timeout(300)
+        page_obj.close()
+
+
+def pose_workflow():
+    return os.path.join(PACK_DIR, "example_workflows", "musev_pose_to_video.json")
+
+
+def test_preview_of_the_pose_workflow_follows_the_pose_node(frontend):
+    """The pose->video workflow: the sampler's frames come from PoseVideoCondition (frame_count 24), so
+    the chart shows 24 frames in 3 windows (not the stale widget's 12 in 1); with frame_count 0 (the
+    whole clip, known only when the graph runs) it says where the frames come from and draws no chart."""
+    report = load_workflow_in_frontend(frontend, pose_workflow(), settle_ms=500, fit=False)
+    assert report["errors"] == [], report["errors"]
+    ids = frontend.page.evaluate("""() => ({
+        sampler: window.app.graph.nodes.find(n => n.type === 'ParallelDenoiseSampler').id,
+        pose: window.app.graph.nodes.find(n => n.type === 'PoseVideoCondition').id,
+        stale: window.app.graph.nodes.find(n => n.type === 'ParallelDenoiseSampler').widgets
+                   .find(w => w.name === 'frames').value,
+        title: window.app.graph.nodes.find(n => n.type === 'PoseVideoCondition').title})""")
+    assert ids["stale"] != 24      # the widget under the link holds another value: it must not be drawn
+    frontend.show_node(ids["sampler"])
+    layout = drawn_layout(frontend, ids["sampler"], frames=24)
+    assert layout["settings"]["framesFrom"] == "input" and layout["settings"]["sources"]["frames"] == ids["title"]
+    windows = check_against_core(layout, "uniform_v2", 24, 12, 4, None, 1)
+    assert len(windows) == 3
+    check_pixels(frontend, ids["sampler"], layout)
+    frontend.screenshot_node(ids["sampler"], "frontend_pose_workflow_sampler")
+    chart = frontend.screenshot_node(ids["sampler"], "frontend_pose_workflow_chart", scale=1.5, widget=LAYOUT_WIDGET)
+    if os.environ.get("MUSEV_UPDATE_DOCS", "") not in ("", "0"):
+        import shutil
+        shutil.copyfile(chart, os.path.join(PACK_DIR, "docs", "window_preview.png"))   # the README's picture
+
+    frontend.set_widget(ids["pose"], "frame_count", 0)
+    frontend.page.wait_for_function("""(id) => { const L = window.app.graph.getNodeById(id).musevLayout;
+        return L && L.status === 'linked' && L.drawn && L.drawn.key === L.key; }""", arg=ids["sampler"],
+                                    timeout=30_000)
+    layout = frontend.page.evaluate(GET_LAYOUT_JS, ids["sampler"])
+    assert layout["windows"] is None and layout["drawn"]["linked"] == f"frames from {ids['title']}"
+    badge = frontend.page.evaluate("(id) => window.app.graph.getNodeById(id).__musev.badge?.text", ids["sampler"])
+    assert badge in (None, "windows: at run time")
+    frontend.screenshot_node(ids["sampler"], "frontend_pose_frames_at_run_time", widget=LAYOUT_WIDGET)
+    frontend.set_widget(ids["pose"], "frame_count", 36)   # and back to a chart
+    check_against_core(drawn_layout(frontend, ids["sampler"], frames=36), "uniform_v2", 36, 12, 4, None, 1)
+    assert frontend.pack_errors() == []
+
+
+def test_auto_batching_is_shown(frontend):
+    """context_batch_size 0 = windows per UNet call chosen from free memory at run time: the chart
+    draws the windows and says "auto" instead of a grouping."""
+    node = frontend.add_node("ParallelDenoiseSampler", pos=(60, 40))
+    drawn_layout(frontend, node, frames=12)
+    layout = drawn_layout(frontend, node, **set_widgets(frontend, node, frames=30, context_batch_size=2))
+    check_against_core(layout, "uniform_v2", 30, 12, 4, 2, 0)
+    assert len({r["color"] for r in layout["drawn"]["rows"]}) == 2        # two UNet calls per step
+    frontend.page.evaluate("""(id) => { const n = window.app.graph.getNodeById(id);
+        n.widgets.find(w => w.name === 'context_batch_size').value = 0; }""", node)   # (a widget of min 1 clamps)
+    layout = drawn_layout(frontend, node, frames=30, batch=0)
+    check_against_core(layout, "uniform_v2", 30, 12, 4, 0, 0)
+    assert layout["drawn"]["autoBatch"] and "auto batching" in layout["drawn"]["footer"]
+    assert {r["color"] for r in layout["drawn"]["rows"]} == {layout["drawn"]["rows"][0]["color"]}
+    frontend.screenshot_node(node, "frontend_sampler_auto_batch", widget=LAYOUT_WIDGET)
+    assert frontend.pack_errors() == []
+
+
+def test_no_node_colours_are_forced(frontend):
+    """The extension leaves node colours alone (they would be saved into users' workflows)."""
+    ids = [frontend.add_node(t, pos=(60 + 400 * i, 40)) for i, t in
+           enumerate(["ParallelDenoiseSampler", "MuseVContextWindows", "LoadMuseVMotion"])]
+    saved = frontend.page.evaluate("(ids) => window.app.graph.serialize().nodes.filter(n => ids.includes(n.id))"
+                                   ".map(n => [n.type, n.color ?? null, n.bgcolor ?? null])", ids)
+    assert all(c is None and bg is None for _, c, bg in saved), saved
