@@ -166,7 +166,17 @@ HOST_FEATURES = {
     "multigpu": lambda path: os.path.isfile(os.path.join(path, "comfy", "multigpu.py")),
     # per-input "advanced" widgets: the 1.45 frontend (ComfyUI 0.28) has them, 1.27 (0.3.64) not
     "frontend_advanced_inputs": lambda path: _frontend_version(path) >= (1, 40),
+    # core's If/Else switch with an any-typed output (links a STRING into a model dropdown): 0.28, not 0.3.64
+    "any_type_switch": lambda path: _source_has(os.path.join(path, "comfy_extras", "nodes_logic.py"), "ComfySwitchNode"),
 }
+
+
+def _source_has(path, text):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return text in f.read()
+    except OSError:
+        return False
 
 
 def pytest_configure(config):
