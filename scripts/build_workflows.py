@@ -542,6 +542,47 @@ if "lcm_lora" in TABLE.BY_KEY:
     WORKFLOWS["musev_lcm_fast"] = lcm_fast()
 
 
+def faceid_image_to_video():
+    """Image -> video with all four of MuseV's identity techniques: the vision frame, IP-Adapter,
+    ReferenceNet and IP-Adapter-FaceID (the face comes from the same condition image, as in MuseV)."""
+    name = "musev_faceid_image_to_video"
+    nodes = {"readme": readme(
+        "MuseV: image to video with FaceID",
+        "MuseV's image-to-video plus **IP-Adapter-FaceID**, its fourth identity technique: InsightFace `buffalo_l` "
+        "finds the face in the condition image and embeds it; `MuseVFaceID` projects the embedding to 4 tokens and "
+        "adds their attention (`scale` = MuseV's `ip_adapter_face_scale`) in every cross-attention, after the text "
+        "and image-prompt terms.\n\n"
+        "* Needs **onnxruntime** in ComfyUI's Python (`pip install onnxruntime`, or `onnxruntime-gpu` on CUDA).\n"
+        "* `face_analysis` auto finds `buffalo_l` in MuseV's place (below) or in `models/insightface/models/buffalo_l/`.\n"
+        "* `channel_order` RGB reproduces MuseV (which hands RGB to InsightFace); BGR is InsightFace's own.\n"
+        "* A condition image without a face stops the run with a message naming the image.",
+        REFERENCE_MODELS + ["faceid", "insightface"])}
+    nodes.update(base_loaders())
+    nodes["image"] = n("LoadImage", "Condition image (with a face)", 300, image=IMAGE)
+    nodes.update(prompts(PROMPT_GIRL))
+    nodes["motion"] = n("LoadMuseVMotion", motion_model=M("motion_referencenet"), frame_rate=8.0, temporal_layers=True)
+    chain_nodes, chain_links = reference_chain("motion", "image_proj_referencenet", "image")
+    nodes.update(chain_nodes)
+    nodes["faceid"] = n("MuseVFaceID", "MuseV FaceID", faceid_model=M("faceid"), scale=1.0, face_analysis="auto",
+                        channel_order="RGB (as MuseV)")
+    nodes["sampler"] = sampler()
+    nodes.update(video_out(name))
+    links = [("base", "MODEL", "motion", "model"), ("base", "CLIP", "positive", "clip"),
+             ("base", "CLIP", "negative", "clip"), ("referencenet", "model", "faceid", "model"),
+             ("image", "IMAGE", "faceid", "image"), ("faceid", "model", "sampler", "model"),
+             ("positive", "CONDITIONING", "sampler", "positive"), ("negative", "CONDITIONING", "sampler", "negative"),
+             ("image", "IMAGE", "sampler", "vision_image"), ("vae", "VAE", "sampler", "vae"),
+             ("sampler", "latent", "decode", "samples"), ("vae", "VAE", "decode", "vae")] + VIDEO_LINKS + chain_links
+    groups = [("Read me", ["readme"]), ("Models", ["base", "vae", "clip_vision"]), ("Condition image", ["image"]),
+              ("Prompt", ["positive", "negative"]), ("MuseV model", ["motion", "ipadapter", "referencenet", "faceid"]),
+              ("Parallel denoising", ["sampler"]), ("Video", ["decode", "video", "save"])]
+    return {"nodes": nodes, "links": links, "groups": groups}
+
+
+if "faceid" in TABLE.BY_KEY:
+    WORKFLOWS["musev_faceid_image_to_video"] = faceid_image_to_video()
+
+
 # ------------------------------------------------------------------------------------------------
 # in the frontend
 

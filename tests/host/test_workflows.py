@@ -312,7 +312,26 @@ def server_models(comfy_host, comfy_server):
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         write_random_lora(lora, unet_lora_targets(sd15_unet_config(), shapes))
     write_workflow_inputs(comfy_server.input_dir, size=run_size(), frames=INPUT_FRAMES)
+    if "faceid" in TABLE.BY_KEY:
+        write_faceid_standins(models, comfy_server.input_dir, run_size())
     return standins
+
+
+FACE_INPUT = "musev_standin_face.png"
+
+
+def write_faceid_standins(models, input_dir, size):
+    """FaceID at the table's own place (so the workflow's name needs no mapping), buffalo_l where
+    ``face_analysis = auto`` finds it, and a condition image the stand-in detector sees a face in."""
+    from PIL import Image
+    from faceid_standins import gray_face_image, place_buffalo, write_faceid_standin
+    from standins import CONTEXT_DIM, UNET_CHANNELS
+    path = os.path.join(models, "musev", *TABLE.get("faceid").name.split("/"))
+    if not os.path.exists(path):
+        write_faceid_standin(path, unet_channels=tuple(UNET_CHANNELS), cross=CONTEXT_DIM)
+    if not os.path.isdir(os.path.join(models, "insightface", "models", "buffalo_l")):
+        place_buffalo(models)
+    Image.fromarray(gray_face_image(size, size, size / 2, size / 2, size / 8)).save(os.path.join(input_dir, FACE_INPUT))
 
 
 @pytest.fixture(scope="module")
@@ -347,11 +366,13 @@ def standin_map(s):
             out[("image_proj", m.name)] = s.image_proj[m.name.split("/")[1]]
         elif key == "lcm_lora":
             out[("lora_name", m.name)] = LCM_LORA_STANDIN
+        elif key == "faceid":
+            out[("faceid_model", m.name)] = m.name          # the stand-in sits at the released place
     return out
 
 
 MODEL_INPUTS = {"ckpt_name", "vae_name", "clip_name", "control_net_name", "motion_model", "referencenet", "image_proj",
-                "lora_name"}
+                "lora_name", "faceid_model"}
 
 
 def is_link(value):
@@ -398,6 +419,11 @@ def shrink(prompt, models, tag, size):
             put("frame_count", FRAMES)
         elif cls in ("SaveVideo", "SaveImage"):
             inputs["filename_prefix"] = f"musev_workflows/{tag}/{cls}"
+        elif cls == "MuseVFaceID" and is_link(inputs.get("image")):
+            # the stand-in detector finds its 'face' (a bright blob) only in this image
+            face_source = p[inputs["image"][0]]
+            if face_source["class_type"] == "LoadImage":
+                face_source["inputs"]["image"] = FACE_INPUT
     expected = {nid: latent_frames(p, n["inputs"]["video"][0]) for nid, n in p.items() if n["class_type"] == "SaveVideo"}
     return p, expected
 
