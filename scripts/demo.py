@@ -54,7 +54,8 @@ def du(path):
 
 
 def gb(n):
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+    # binary units, as du -h (which the cache listing at the end uses) prints them
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 27 else f"{n / 2 ** 20:.0f} MiB"
 
 
 def model_table():
@@ -104,7 +105,7 @@ def parse(argv=None):
                 f"{needed_files_text()}\n\n"
                 "Caches (kept per checkout; delete them to reclaim the space):\n"
                 f"  {os.path.join(PACK_DIR, '.venv')}  Python packages, only when no ComfyUI Python was found\n"
-                f"  {os.path.join(CACHE_DIR, 'standins')}  stand-in weights (about 4 GB), only without --models\n"
+                f"  {os.path.join(CACHE_DIR, 'standins')}  stand-in weights (about 4.3 GiB), only without --models\n"
                 f"  {os.path.join(CACHE_DIR, 'demo')}  the last run's ComfyUI log\n"
                 "Inside ComfyUI/custom_nodes/<pack> the demo uses that ComfyUI and its Python.\n\n"
                 "Exit codes: 0 done, 1 the run failed, 2 bad arguments, 3 model files missing."))
@@ -368,7 +369,8 @@ def run(a):
     say(f"    ComfyUI ready in {seconds(time.monotonic() - t)}")
     import folder_paths
     if not a.models:
-        t = begin("stand-in weights (tiny, random, in MuseV's released layout and formats)")
+        t = begin("stand-in weights (random, in MuseV's released layout and formats: reduced UNets and MuseV parts; the CLIP text "
+                  "and vision encoders at full size, which ComfyUI needs to recognise them)")
         os.environ.setdefault("MUSEV_STANDIN_CACHE", os.path.join(CACHE_DIR, "standins"))
         sys.path.insert(0, os.path.join(PACK_DIR, "tests"))
         try:
