@@ -49,6 +49,29 @@ def reset_peak():
         return False
 
 
+class RssWatch:
+    """Prints the highest RSS above ``base`` every 30 s while it runs (the run may be killed for memory)."""
+
+    def __init__(self, base, every=30.0):
+        import threading
+        self.base, self.every, self.top = base, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        last = time.monotonic()
+        while not self._stop.wait(0.2):
+            self.top = max(self.top, proc_status("VmRSS"))
+            if time.monotonic() - last >= self.every:
+                last = time.monotonic()
+                print(f"    ... RSS peak so far +{gib(self.top - self.base)} above the loaded models", flush=True)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
 def malloc_trim():
     """glibc keeps freed heap memory (a state dict read and dropped by a loader) in the process; give
     it back so that the RSS of the loaded models is theirs.  False where there is no glibc."""
@@ -155,6 +178,8 @@ def run(a, threads, mt, musev_dir, gen_s, torch, nodes, ref_nodes):
     rss_untrimmed = proc_status("VmRSS")
     trimmed = malloc_trim()          # hand the loaders' freed buffers (whole state dicts) back to the OS
     rss_loaded = proc_status("VmRSS")
+    print(f"  loaded: RSS {gib(rss_loaded)} ({gib(rss_untrimmed)} before malloc_trim); sampling ...", flush=True)
+    watch = RssWatch(rss_loaded)
 
     # time every main UNet call and every ReferenceNet run of the sampling run
     calls, rn_runs = [], []
@@ -197,6 +222,7 @@ def run(a, threads, mt, musev_dir, gen_s, torch, nodes, ref_nodes):
         h1.remove()
         h2.remove()
         ref_nodes.run_referencenet = run_rn_fn
+    watch.stop()
     peak_sample = proc_status("VmHWM")
     t = time.perf_counter()
     (decoded,) = L["VAEDecode"]().decode(vae, latent)
