@@ -10,6 +10,7 @@ import logging
 import torch
 
 from .host import MuseVInputError, non_finite_message
+from .interop import control_chain
 
 log = logging.getLogger("comfyui-musev")
 
@@ -23,22 +24,11 @@ def sampler_node(model_options):
     return to.get(NODE_KEY) or "the sampler (KSampler / SamplerCustom)"
 
 
-def _control_chain(conds):
-    seen = {}
-    for cond_list in conds:
-        for c in cond_list or []:
-            control = c.get("control") if isinstance(c, dict) else None
-            while control is not None and id(control) not in seen:
-                seen[id(control)] = control
-                control = getattr(control, "previous_controlnet", None)
-    return list(seen.values())
-
-
 def hint_frames_problem(conds, n_frames, n_vis, node, frames_input="frames", cond_input="positive"):
     """The message when a ControlNet's control images (a pose clip) cannot be laid over ``n_frames``
     generated frames with ``n_vis`` condition frames in front, else None.  Accepted counts: 1 (a
     static hint), N, or n_vis + N (PoseVideoCondition's: condition pose(s) first)."""
-    for control in _control_chain(conds):
+    for control in control_chain(conds):
         hint = getattr(control, "cond_hint_original", None)
         if not isinstance(hint, torch.Tensor) or hint.ndim != 4 or hint.shape[0] == 1:
             continue

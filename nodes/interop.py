@@ -148,9 +148,11 @@ def _per_frame_features(control):
     return found
 
 
-def _controls(conds):
+def control_chain(cond_lists):
+    """Every ControlNet object (each once) of the conditioning lists ``cond_lists``, following each
+    one's ``previous_controlnet`` chain."""
     seen = {}
-    for cond_list in (conds or {}).values():
+    for cond_list in cond_lists:
         for c in cond_list or []:
             control = c.get("control") if isinstance(c, dict) else None
             while control is not None and id(control) not in seen:
@@ -161,7 +163,7 @@ def _controls(conds):
 
 def check_controls(conds, where):
     """Refuse ControlNet features that would silently misread MuseV's window rows."""
-    for control in _controls(conds):
+    for control in control_chain((conds or {}).values()):
         name = type(control).__name__
         if name in _REFUSED_CONTROLS:
             raise MuseVInputError(

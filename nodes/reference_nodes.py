@@ -47,7 +47,6 @@ LATENT_RATIO = 8                    # SD1.5 latent grid: 1/8 of the pixels
 VIT_H_HINT = ("MuseV's released image projections take the 1024-d image_embeds of OpenCLIP ViT-H/14 "
               "(IP-Adapter's models/image_encoder, e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors in "
               "models/clip_vision, loaded with Load CLIP Vision)")
-IMAGE_PROJ_FILES = ("ip_adapter_image_proj.bin", "ip_adapter_image_proj.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,13 +113,8 @@ def video_size(transformer_options, ratio=LATENT_RATIO):
 # IP-Adapter
 
 def read_image_proj(path, node=IP_NODE, input_name="image_proj"):
-    """ImageProjModel (CPU, float32) of a released ``ip_adapter_image_proj.bin`` / safetensors."""
-    if os.path.isdir(path):
-        found = [os.path.join(path, n) for n in IMAGE_PROJ_FILES if os.path.isfile(os.path.join(path, n))]
-        if not found:
-            raise MuseVInputError(f"{node}: '{input_name}' is a folder without ip_adapter_image_proj.bin: pick "
-                                  "motion/musev_referencenet/ip_adapter_image_proj.bin (or the pose model's)")
-        path = found[0]
+    """ImageProjModel (CPU, float32) of a released ``ip_adapter_image_proj.bin`` / safetensors file
+    (a picked folder is resolved to its file by ``paths.image_proj_file``)."""
     name = os.path.basename(path)
     try:
         sd = check_finite(K.strip_common_prefix(load_weights(path)), name)

@@ -504,3 +504,19 @@ def frontend(comfy_server, chromium):
         yield fp
     finally:
         fp.close()
+
+
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def widget_inputs(node_def):
+    """``(name, kind, options)`` of a node type's widget inputs (/object_info definition), in the order
+    the frontend lays them out and saves their ``widgets_values`` (sockets skipped; a seed's
+    ``control_after_generate`` companion follows its input there: see ``options``)."""
+    order = node_def.get("input_order") or {k: list(v) for k, v in node_def["input"].items()}
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = node_def["input"][section][name]
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if isinstance(kind, list) or kind in WIDGET_KINDS:
+                yield name, kind, opts

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from browser import load_workflow_in_frontend
+from browser import load_workflow_in_frontend, widget_inputs
 from conftest import PACK_DIR, pack_module
 
 pytestmark = pytest.mark.browser
@@ -164,17 +164,11 @@ ANY = object()
 def expected_widget_values(node_def, **overrides):
     """widgets_values the frontend saves for a node with default values (ANY: not checked)."""
     out = []
-    order = node_def.get("input_order") or {k: list(v) for k, v in node_def["input"].items()}
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            spec = node_def["input"][section][name]
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-            if not (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")):
-                continue                                 # a socket, not a widget
-            default = opts.get("default", kind[0] if isinstance(kind, list) and kind else ANY)
-            out.append(overrides.get(name, default))
-            if opts.get("control_after_generate"):
-                out.append(ANY)                          # the frontend's seed control widget
+    for name, kind, opts in widget_inputs(node_def):
+        default = opts.get("default", kind[0] if isinstance(kind, list) and kind else ANY)
+        out.append(overrides.get(name, default))
+        if opts.get("control_after_generate"):
+            out.append(ANY)                              # the frontend's seed control widget
     return out
 
 

@@ -30,7 +30,7 @@ import uuid
 
 import pytest
 
-from browser import FrontendPage, load_workflow_in_frontend
+from browser import FrontendPage, load_workflow_in_frontend, widget_inputs
 from comfy_server import queue_and_wait
 from conftest import PACK_DIR
 from workflow_inputs import video_frame_count, write_workflow_inputs
@@ -69,15 +69,10 @@ def load_json(path):
 def widget_names(node_def):
     """The frontend's widget order of a node type (what ``widgets_values`` holds, in order)."""
     out = []
-    order = node_def.get("input_order") or {k: list(v) for k, v in node_def["input"].items()}
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            spec = node_def["input"][section][name]
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
-                out.append(name)
-                if opts.get("control_after_generate"):
-                    out.append("control_after_generate")
+    for name, _, opts in widget_inputs(node_def):
+        out.append(name)
+        if opts.get("control_after_generate"):
+            out.append("control_after_generate")
     return out
 
 
